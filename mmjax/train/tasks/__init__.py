@@ -1,0 +1,16 @@
+"""Task registry: `config.task` names one of these."""
+from __future__ import annotations
+
+import importlib
+
+_TASKS = {
+    "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
+}
+
+
+def get_task_class(name: str):
+  """The Task class registered as `name` (imported lazily)."""
+  if name not in _TASKS:
+    raise ValueError(f"unknown task {name!r}; registered tasks are {sorted(_TASKS)}")
+  module, cls = _TASKS[name].split(":")
+  return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,42 @@
+"""Small CLIP on the embedded ShapeWorld data: trains on 2 CPU cores in minutes.
+
+  mmjax train --config configs/clip_shapeworld.py --workdir runs/clip
+"""
+import math
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "contrastive"
+  c.seed = 0
+  c.batch_size = 128          # global; split over hosts and the data x fsdp mesh axes
+  c.total_steps = 1500
+  c.log_every = 25
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="shapeworld", seed=0, image_size=64, num_objects=(1, 3), context_length=24,
+      train_length=10_000_000))
+
+  c.model = ml_collections.ConfigDict(dict(
+      embed_dim=128, dtype="float32", attention_impl="einsum", remat=False,
+      logit_scale_init=math.log(1 / 0.07), logit_bias_init=None,
+      image=dict(patch_size=8, width=128, layers=3, heads=4, mlp_ratio=2.0, pool="cls"),
+      text=dict(width=128, layers=3, heads=4, mlp_ratio=2.0)))
+
+  c.loss = ml_collections.ConfigDict(dict(kind="clip", block_size=None))
+  c.loss.block_size = ml_collections.FieldReference(None, field_type=int)
+  c.grad_cache_chunks = 0
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.02, weight_decay=0.05,
+      b1=0.9, b2=0.98, eps=1e-6, clip_grad_norm=1.0))
+
+  c.eval = ml_collections.ConfigDict(dict(zero_shot_images=1000, retrieval_images=500,
+                                          batch_size=256))
+  return c

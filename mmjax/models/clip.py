@@ -1,0 +1,68 @@
+"""CLIP / SigLIP two-tower model: image and text encoders, projections, learnable temperature."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.nn.transformer import dense
+
+Dtype = Any
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Normalises the last axis in float32 (embeddings are compared in float32)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class CLIP(nn.Module):
+  """Two towers mapped to a shared, L2-normalised embedding space.
+
+  Attributes:
+    image_encoder: module mapping images `[B, H, W, C]` to `(tokens, pooled [B, Wi])`.
+    text_encoder: module mapping token ids `[B, L]` to `(features, pooled [B, Wt])`.
+    embed_dim: shared embedding width E.
+    logit_scale_init: initial log of the inverse temperature (CLIP: log(1/0.07); SigLIP: log 10).
+    logit_bias_init: if set, a learnable logit bias is created (SigLIP: -10).
+  """
+  image_encoder: nn.Module
+  text_encoder: nn.Module
+  embed_dim: int
+  logit_scale_init: float = math.log(1 / 0.07)
+  logit_bias_init: float | None = None
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.image_proj = dense(self.embed_dim, "image_proj", ("embed", "embed_out"),
+                            dtype=self.dtype, use_bias=False)
+    self.text_proj = dense(self.embed_dim, "text_proj", ("embed", "embed_out"),
+                           dtype=self.dtype, use_bias=False)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init),
+                                  ())
+    if self.logit_bias_init is not None:
+      self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
+
+  def encode_image(self, images: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` -> normalised `[B, E]` float32."""
+    _, pooled = self.image_encoder(images)
+    return l2_normalize(self.image_proj(pooled))
+
+  def encode_text(self, tokens: jax.Array) -> jax.Array:
+    """`[B, L]` int32 -> normalised `[B, E]` float32."""
+    _, pooled = self.text_encoder(tokens)
+    return l2_normalize(self.text_proj(pooled))
+
+  def __call__(self, images: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
+    """Returns image_emb `[B, E]`, text_emb `[B, E]`, logit_scale `[]` (and logit_bias `[]`).
+
+    The scale is clipped to log(100), as CLIP does, so the temperature cannot collapse.
+    """
+    out = {"image_emb": self.encode_image(images), "text_emb": self.encode_text(tokens),
+           "logit_scale": jnp.minimum(self.logit_scale, math.log(100.0))}
+    if self.logit_bias_init is not None:
+      out["logit_bias"] = self.logit_bias
+    return out

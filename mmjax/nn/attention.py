@@ -1,0 +1,184 @@
+"""The one multi-head attention of mmjax: self and cross, masks, KV cache, two kernels.
+
+Every model (CLIP towers, decoders, UNet, fusion blocks) uses `MultiHeadAttention`; nothing
+else in mmjax computes attention weights.
+
+Layout of parameters (logical axis names in brackets):
+  self-attention:  qkv  kernel [embed, 3, heads, head_dim]  (("embed", None, "heads", "kv"))
+  cross-attention: query kernel [embed, heads, head_dim], kv kernel [embed_kv, 2, heads, head_dim]
+  output:          out  kernel [heads, head_dim, embed]     (("heads", "kv", "embed"))
+Fusing Q, K and V into one matmul is what makes the self-attention path fast on CPU (one large
+GEMM instead of three small ones).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.nn import initializers
+
+Dtype = Any
+
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
+def make_causal_mask(length: int) -> jax.Array:
+  """Boolean mask `[1, 1, length, length]`, True where query i may attend to key j <= i."""
+  idx = jnp.arange(length)
+  return (idx[:, None] >= idx[None, :])[None, None]
+
+
+def make_padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
+  """Boolean mask `[B, 1, Tq, Tk]` from validity vectors `[B, Tq]` and `[B, Tk]`."""
+  return (query_valid[:, :, None] & key_valid[:, None, :])[:, None]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+  """Logical AND of broadcastable boolean masks; None entries are ignored."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  out = masks[0]
+  for m in masks[1:]:
+    out = jnp.logical_and(out, m)
+  return out
+
+
+def attention_weights_einsum(query, key, mask, dtype):
+  """Softmax attention probabilities `[B, H, Tq, Tk]` computed in float32."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          mask: jax.Array | None = None, *,
+                          implementation: str = "einsum") -> jax.Array:
+  """Scaled dot-product attention.
+
+  Args:
+    query: `[B, Tq, H, Dh]`.
+    key: `[B, Tk, H, Dh]`.
+    value: `[B, Tk, H, Dh]`.
+    mask: boolean, broadcastable to `[B, H, Tq, Tk]`; True means "may attend".
+    implementation: "einsum" (explicit, works everywhere), "xla" or "cudnn"
+      (`jax.nn.dot_product_attention`; "cudnn" is the fused GPU kernel).
+
+  Returns:
+    `[B, Tq, H, Dh]` in the dtype of `query`.
+  """
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                     f"got {implementation!r}")
+  query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
+  if implementation == "einsum":
+    probs = attention_weights_einsum(query, key, mask, query.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (query.shape[0], query.shape[2], query.shape[1], key.shape[1]))
+  return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0,
+                                      implementation=implementation)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention; self-attention when `inputs_kv` is None, else cross-attention.
+
+  Attributes:
+    num_heads: number of heads H.
+    head_dim: per-head width Dh; default `embed_dim // num_heads`.
+    out_features: output width; default the query width.
+    dtype: compute dtype (e.g. bfloat16); params stay `param_dtype`. Softmax is float32.
+    implementation: see `dot_product_attention`.
+    decode: if True, keys/values are appended to a fixed-size cache in the "cache" collection
+      (initialise it by calling the module once on a `[B, max_length, D]` input with
+      `mutable=["cache"]`), and each call processes the next `Tq` positions.
+  """
+  num_heads: int
+  head_dim: int | None = None
+  out_features: int | None = None
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  implementation: str = "einsum"
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
+               mask: jax.Array | None = None, causal: bool = False) -> jax.Array:
+    """Attends `inputs_q` `[B, Tq, D]` to itself or to `inputs_kv` `[B, Tk, Dkv]`.
+
+    Args:
+      mask: boolean, broadcastable to `[B, H, Tq, Tk]`, True = may attend.
+      causal: add a causal mask (self-attention only).
+    Returns:
+      `[B, Tq, out_features]`.
+    """
+    chex.assert_rank(inputs_q, 3)
+    embed_dim = inputs_q.shape[-1]
+    head_dim = self.head_dim or embed_dim // self.num_heads
+    if self.head_dim is None and embed_dim % self.num_heads:
+      raise ValueError(f"width {embed_dim} is not divisible by num_heads={self.num_heads}; "
+                       "set head_dim explicitly")
+    heads_shape = (self.num_heads, head_dim)
+    def dense(name, features, kernel_axes):
+      return nn.DenseGeneral(
+          features, axis=-1, use_bias=self.use_bias, dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=nn.with_logical_partitioning(initializers.attention_kernel, kernel_axes),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, kernel_axes[1:]),
+          name=name)
+
+    if inputs_kv is None:
+      qkv = dense("qkv", (3,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_q)
+      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+      if causal:
+        raise ValueError("causal=True is only meaningful for self-attention")
+      chex.assert_rank(inputs_kv, 3)
+      chex.assert_equal(inputs_q.shape[0], inputs_kv.shape[0])
+      query = dense("query", heads_shape, ("embed", "heads", "kv"))(inputs_q)
+      kv = dense("kv", (2,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_kv)
+      key, value = kv[:, :, 0], kv[:, :, 1]
+
+    if causal and not self.decode:
+      mask = combine_masks(mask, make_causal_mask(inputs_q.shape[1]))
+    if self.decode and inputs_kv is None:
+      key, value, cache_mask = self._update_cache(key, value)
+      mask = combine_masks(mask, cache_mask)
+
+    out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
+    return nn.DenseGeneral(
+        self.out_features or embed_dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(initializers.attention_kernel,
+                                                 ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name="out")(out)
+
+  def _update_cache(self, key, value):
+    """Writes `key`/`value` `[B, T, H, Dh]` at the cache index; returns full cache and mask.
+
+    The first call (cache absent) only allocates a cache sized like its input, which is how a
+    caller fixes the maximum decode length.
+    """
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:
+      return key, value, make_causal_mask(key.shape[1])
+    batch, max_length = cached_key.value.shape[:2]
+    num_new = key.shape[1]
+    index = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+    cache_index.value = index + num_new
+    query_pos = index + jnp.arange(num_new)
+    key_pos = jnp.arange(max_length)
+    mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
+    return cached_key.value, cached_value.value, jnp.broadcast_to(mask, (batch, 1, num_new, max_length))

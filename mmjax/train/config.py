@@ -1,0 +1,85 @@
+"""Experiment configs: `configs/<name>.py` files with `get_config()` plus CLI overrides."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+
+
+def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """Imports `path` and returns its `get_config()`."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"mmjax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {str(path)!r} defines no get_config()")
+  return module.get_config()
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """All leaf keys as dotted paths, e.g. ["batch_size", "model.image.width", ...]."""
+  keys = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, f"{prefix}{key}.")
+    else:
+      keys.append(f"{prefix}{key}")
+  return keys
+
+
+def _parse_value(text: str, current):
+  """Parses a CLI string into the type of the value it replaces."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if current is None or value is None:
+    return value
+  if isinstance(current, bool):
+    if isinstance(value, bool):
+      return value
+    if str(text).lower() in ("true", "false", "1", "0"):
+      return str(text).lower() in ("true", "1")
+    raise ValueError(f"expected a boolean, got {text!r}")
+  if isinstance(current, float) and isinstance(value, int):
+    return float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    return tuple(value)
+  if isinstance(current, str) and not isinstance(value, str):
+    return text
+  if type(value) is not type(current):
+    raise ValueError(f"expected a value of type {type(current).__name__}, got {text!r}")
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]
+                    ) -> ml_collections.ConfigDict:
+  """Applies `["model.width=256", ...]` (the text after `--config.`) to a copy of `config`.
+
+  Unknown keys raise a ValueError listing the valid keys.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  valid = flat_keys(config)
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"config override {item!r} must look like key=value")
+    key, text = item.split("=", 1)
+    if key not in valid:
+      raise ValueError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid))
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    try:
+      value = _parse_value(text, node[leaf])
+    except ValueError as e:
+      raise ValueError(f"bad value for config key {key!r}: {e}") from None
+    with node.ignore_type():
+      node[leaf] = value
+  return config

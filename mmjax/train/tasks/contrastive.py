@@ -1,0 +1,189 @@
+"""Contrastive image-text training (CLIP / SigLIP) on ShapeWorld or a user image-text source."""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax import losses, metrics
+from mmjax.data import pipeline, shapeworld
+from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.models.clip import CLIP
+from mmjax.nn.text import TextTransformer
+from mmjax.nn.vit import VisionTransformer
+from mmjax.train import sharding
+from mmjax.train.tasks.base import Task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_clip(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, eos_id: int,
+               context_length: int) -> CLIP:
+  """CLIP from `config.model` (image/text tower widths, depths, heads; embed_dim; dtype)."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+  dtype = DTYPES[config.dtype]
+  common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
+  image = VisionTransformer(patch_size=config.image.patch_size, width=config.image.width,
+                            num_layers=config.image.layers, num_heads=config.image.heads,
+                            mlp_ratio=config.image.mlp_ratio, pool=config.image.pool, **common)
+  text = TextTransformer(vocab_size=vocab_size, context_length=context_length,
+                         width=config.text.width, num_layers=config.text.layers,
+                         num_heads=config.text.heads, mlp_ratio=config.text.mlp_ratio,
+                         pad_id=pad_id, eos_id=eos_id, **common)
+  return CLIP(image, text, embed_dim=config.embed_dim, logit_scale_init=config.logit_scale_init,
+              logit_bias_init=config.logit_bias_init, dtype=dtype)
+
+
+def contrastive_loss(outputs: dict[str, jax.Array], config: ml_collections.ConfigDict) -> jax.Array:
+  """The configured loss (`loss.kind` "clip" or "siglip", optional `loss.block_size`)."""
+  temperature = jnp.exp(-outputs["logit_scale"])
+  if config.kind == "clip":
+    return losses.clip_loss(outputs["image_emb"], outputs["text_emb"], temperature,
+                            block_size=config.block_size)
+  if config.kind == "siglip":
+    if "logit_bias" not in outputs:
+      raise ValueError("loss.kind='siglip' needs a logit bias: set model.logit_bias_init "
+                       "(SigLIP uses -10)")
+    return losses.siglip_loss(outputs["image_emb"], outputs["text_emb"], temperature,
+                              outputs["logit_bias"], block_size=config.block_size)
+  raise ValueError(f"loss.kind must be 'clip' or 'siglip', got {config.kind!r}")
+
+
+class ContrastiveTask(Task):
+  """Image-text contrastive learning; evaluation by zero-shot accuracy and R@K."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    self.tokenizer = shapeworld_tokenizer()
+    self._model = build_clip(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
+                             self.tokenizer.eos_id, config.data.context_length)
+    self._eval_cache = None
+    self._jitted = {}
+
+  @property
+  def model(self) -> CLIP:
+    return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def _source(self, split: str, length: int, num_objects=None):
+    data = self.config.data
+    if data.name != "shapeworld":
+      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
+    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
+                                 image_size=data.image_size,
+                                 num_objects=tuple(num_objects or data.num_objects))
+
+  def train_batches(self, process_index: int, process_count: int):
+    return iter(pipeline.image_text_batches(
+        self._source("train", self.config.data.train_length), self.tokenizer,
+        batch_size=self.config.batch_size // process_count,
+        context_length=self.config.data.context_length, seed=self.config.seed,
+        process_index=process_index, process_count=process_count))
+
+  def check_batch(self, batch, step: int) -> None:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    image, text = batch["image"], batch["text"]
+    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
+      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
+                       f"[batch, {size}, {size}, 3]")
+    if text.ndim != 2 or text.shape[1] != length:
+      raise ValueError(f"batch at step {step}: text has shape {text.shape}, expected "
+                       f"[batch, {length}]")
+
+  # -- model ----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array) -> Any:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    tokens = jnp.zeros((1, length), jnp.int32)
+    return self._model.init(rng, images, tokens)["params"]
+
+  def loss_fn(self, params, batch, rng):
+    del rng  # The CLIP towers are deterministic (no dropout).
+    outputs = self._model.apply({"params": params}, batch["image"], batch["text"])
+    loss = contrastive_loss(outputs, self.config.loss)
+    return loss, {"temperature": jnp.exp(-outputs["logit_scale"])}
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def _eval_data(self):
+    """Eval inputs, built once: zero-shot prompts, single-object images, retrieval set."""
+    if self._eval_cache is None:
+      cfg, length = self.config.eval, self.config.data.context_length
+      names = shapeworld.class_names()
+      prompts = shapeworld.zero_shot_prompts()  # row = class * num_templates + template
+      single = pipeline.eval_arrays(self._source("test", cfg.zero_shot_images, (1, 1)),
+                                    self.tokenizer, length, cfg.zero_shot_images)
+      retrieval = pipeline.eval_arrays(self._source("test", cfg.retrieval_images),
+                                       self.tokenizer, length, cfg.retrieval_images)
+      self._eval_cache = dict(
+          prompt_tokens=self.tokenizer.encode_batch(prompts, length),
+          num_templates=len(shapeworld.ZERO_SHOT_TEMPLATES),
+          heldout=np.array([shapeworld.is_heldout_class(i) for i in range(len(names))]),
+          single=single, retrieval=retrieval)
+    return self._eval_cache
+
+  def embed(self, params, array: np.ndarray, method: str, mesh: Mesh) -> jax.Array:
+    """Embeds host `array` `[N, ...]` in fixed-size, batch-sharded chunks -> `[N, E]` on device."""
+    chunk = self.config.eval.batch_size
+    dp = sharding.data_parallel_size(mesh)
+    chunk = -(-chunk // dp) * dp
+    if method not in self._jitted:
+      self._jitted[method] = jax.jit(
+          lambda params, x: self._model.apply({"params": params}, x, method=method))
+    fn = self._jitted[method]
+    outs = []
+    for start in range(0, len(array), chunk):
+      part = array[start:start + chunk]
+      padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
+      placed = sharding.replicate_from_host(padded, mesh, sharding.batch_sharding(mesh))
+      outs.append(fn(params, placed)[:len(part)])
+    return jnp.concatenate(outs)
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    data = self._eval_data()
+    # Zero-shot: average each class's template embeddings, then renormalise (CLIP's recipe).
+    prompt_emb = self.embed(params, data["prompt_tokens"], "encode_text", mesh)
+    class_emb = prompt_emb.reshape(-1, data["num_templates"], prompt_emb.shape[-1]).mean(1)
+    class_emb = class_emb / jnp.linalg.norm(class_emb, axis=-1, keepdims=True)
+    single = data["single"]
+    image_emb = self.embed(params, single["image"], "encode_image", mesh)
+    logits = image_emb @ class_emb.T
+    labels = single["label"]
+    is_heldout = data["heldout"][labels]
+    results = {}
+    for name, rows in (("zeroshot_top1", ~is_heldout), ("zeroshot_top1_heldout", is_heldout)):
+      if rows.any():
+        acc = metrics.zero_shot_accuracy(logits[np.flatnonzero(rows)], labels[rows], ks=(1,))
+        results[name] = float(sharding.to_host(acc["top1"]))
+    retrieval = data["retrieval"]
+    image_emb = self.embed(params, retrieval["image"], "encode_image", mesh)
+    text_emb = self.embed(params, retrieval["text"], "encode_text", mesh)
+    recalls = metrics.retrieval_recall(image_emb @ text_emb.T, retrieval["text_to_image"],
+                                       ks=(1, 5, 10))
+    recalls = sharding.to_host(recalls)
+    for direction in ("i2t", "t2i"):
+      for k in (1, 5, 10):
+        results[f"{direction}_r@{k}"] = float(recalls[f"{direction}_r@{k}"])
+    return results
+
+  def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
+    from mmjax.train import plots
+    data = self._eval_data()["retrieval"]
+    count = min(8, len(data["image"]))
+    image_emb = self.embed(params, data["image"][:count], "encode_image", mesh)
+    text_emb = self.embed(params, data["text"], "encode_text", mesh)
+    top = sharding.to_host(jax.lax.top_k(image_emb @ text_emb.T, 3)[1])
+    if jax.process_index() != 0:
+      return []
+    captions = [[data["captions"][j] for j in row] for row in top]
+    return [plots.loss_curve(workdir),
+            plots.retrieval_grid(workdir / "retrieval.png", data["image"][:count], captions)]
+

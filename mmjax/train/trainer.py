@@ -1,0 +1,224 @@
+"""The one mmjax training loop: sharded init, jitted step, eval, checkpoints, resume.
+
+Works unchanged on one CPU, simulated CPU devices, one GPU and multi-host runs (call
+`jax.distributed.initialize()` before `train`; each host feeds its slice of the batch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from mmjax.train import sharding
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.logging import MetricWriter
+from mmjax.train.optim import make_optimizer
+from mmjax.train.state import TrainState
+from mmjax.train.tasks import get_task_class
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/inf; the last good checkpoint is kept on disk."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns: final step, last eval metrics, whether it stopped on SIGTERM."""
+  step: int
+  eval_metrics: dict[str, float]
+  preempted: bool
+  state: Any
+
+
+class _StopFlag:
+  """Turns SIGTERM into a flag the loop polls, so it can checkpoint before exiting."""
+
+  def __init__(self):
+    self.stop = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: no handler, no preemption support.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.stop = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Fails early on settings that cannot work on this mesh / host count."""
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the data-parallel size "
+                     f"{dp} (mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the number of hosts "
+                     f"{jax.process_count()}")
+  if config.total_steps <= 0:
+    raise ValueError(f"total_steps must be positive, got {config.total_steps}")
+
+
+def make_train_step(task, tx, schedule):
+  """`(state, batch) -> (state, metrics)`; metrics are replicated scalars."""
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, metrics), grads = task.loss_and_grad(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return train_step
+
+
+def build_state(task, tx, config, mesh):
+  """(jitted sharded init function, abstract state with shardings)."""
+  def init_state(rng):
+    params = task.init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(rng))
+
+  rng = jax.random.key(config.seed)
+  boxed = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.logical_shardings(boxed, mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.unbox(boxed), state_shardings)
+  init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
+  return (lambda: init(rng)), abstract, state_shardings
+
+
+def _check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
+  if not math.isfinite(value):
+    last = checkpointer.latest_step()
+    kept = f"last good checkpoint: step {last}" if last is not None else "no checkpoint was saved"
+    raise NonFiniteLossError(f"loss is {value} at step {step}; stopping ({kept} in "
+                             f"{checkpointer.directory})")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+          devices=None, progress: bool = True) -> TrainResult:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
+  validate_config(config, mesh)
+  task = get_task_class(config.task)(config)
+  tx, schedule = make_optimizer(config.optim, config.total_steps)
+  init_fn, abstract_state, state_shardings = build_state(task, tx, config, mesh)
+
+  batch_shard = sharding.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(task, tx, schedule),
+                       in_shardings=(state_shardings, batch_shard),
+                       out_shardings=(state_shardings, sharding.replicated(mesh)),
+                       donate_argnums=0)
+
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+  data_iter = task.train_batches(jax.process_index(), jax.process_count())
+  start = checkpointer.latest_step()
+  if start is None:
+    start, state = 0, init_fn()
+  else:
+    state = checkpointer.restore(start, abstract_state, data_iter)
+    if is_main:
+      print(f"Resumed from {checkpointer.directory / str(start)}")
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  bar = tqdm(total=config.total_steps, initial=start, disable=not (progress and is_main),
+             dynamic_ncols=True, desc="train")
+  eval_metrics, window_losses, pending = {}, [], None
+  last_log_time, last_log_step = time.perf_counter(), start
+
+  def consume(item):
+    """Fetches a finished step's metrics (already computed: no pipeline stall) and logs them."""
+    nonlocal last_log_time, last_log_step
+    done, metrics = item
+    host = sharding.to_host(metrics)
+    _check_finite(float(host["loss"]), done, checkpointer)
+    window_losses.append(float(host["loss"]))
+    if done % config.log_every == 0:
+      now = time.perf_counter()
+      rate = config.batch_size * (done - last_log_step) / max(now - last_log_time, 1e-9)
+      last_log_time, last_log_step = now, done
+      writer.write("train", done, {**host, "examples_per_sec": rate})
+      bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{rate:.0f}")
+
+  step, preempted = start, False
+  try:
+    with _StopFlag() as stop:
+      while step < config.total_steps:
+        host_batch = next(data_iter)
+        task.check_batch(host_batch, step)
+        state, metrics = train_step(state, sharding.host_batch_to_global(host_batch, mesh))
+        step += 1
+        # Metrics of step s are read after step s + 1 is dispatched, so the host never waits.
+        if pending is not None:
+          consume(pending)
+        pending = (step, metrics)
+        bar.update(1)
+
+        at_end = step == config.total_steps
+        do_eval = step % config.eval_every == 0 or at_end
+        do_save = step % config.checkpoint_every == 0 or at_end or stop.stop
+        if do_eval or do_save:
+          consume(pending)  # Never evaluate or save a state whose loss was not finite.
+          pending = None
+        if do_eval:
+          eval_metrics = task.evaluate(state.params, mesh)
+          record = {"loss": float(np.mean(window_losses)), **eval_metrics}
+          window_losses.clear()
+          writer.write("metrics", step, record)
+          if is_main:
+            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items()))
+        if do_save:
+          checkpointer.save(step, state, data_iter)
+        if stop.stop:
+          preempted = True
+          if is_main:
+            bar.write(f"SIGTERM received: saved checkpoint at step {step}, exiting")
+          break
+    checkpointer.wait()
+    if not preempted:
+      for path in task.write_artifacts(state.params, mesh, workdir):
+        bar.write(f"wrote {path}")
+  finally:
+    bar.close()
+    writer.close()
+    checkpointer.wait()
+    checkpointer.close()
+  return TrainResult(step=step, eval_metrics=eval_metrics, preempted=preempted, state=state)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                        *, devices=None) -> dict[str, float]:
+  """Evaluates the latest checkpoint in `workdir` with the task's `evaluate`."""
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
+  task = get_task_class(config.task)(config)
+  tx, _ = make_optimizer(config.optim, config.total_steps)
+  _, abstract_state, _ = build_state(task, tx, config, mesh)
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+  state = checkpointer.restore_state(step, abstract_state)
+  metrics = {"step": float(step), **task.evaluate(state.params, mesh)}
+  checkpointer.close()
+  return metrics

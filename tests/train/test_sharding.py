@@ -1,0 +1,55 @@
+"""Mesh construction, logical sharding, and 1-device == n-device loss trajectories."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from mmjax.train import sharding
+from mmjax.train.logging import read_jsonl
+from mmjax.train.trainer import train
+
+from conftest import tiny_config
+
+
+def test_mesh_shape_resolves_minus_one():
+  assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
+  assert sharding.mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match="has 4 devices but 8"):
+    sharding.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
+  with pytest.raises(ValueError, match="unknown mesh axes"):
+    sharding.mesh_shape({"model": 2}, 8)
+
+
+def test_indivisible_dimensions_are_replicated():
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+  spec = sharding._divisible_spec(P("fsdp", "tensor"), (6, 10), mesh)
+  assert spec == P("fsdp", None)
+
+
+def _losses(workdir):
+  return np.array([r["loss"] for r in read_jsonl(workdir / "train.jsonl")])
+
+
+def test_mesh_shapes_give_the_same_loss_trajectory(tmp_path):
+  assert len(jax.devices()) == 8, "tests/conftest.py should give 8 CPU devices"
+  reference = train(tiny_config("mesh.data=1"), tmp_path / "one", devices=jax.devices()[:1],
+                    progress=False)
+  expected = _losses(tmp_path / "one")
+  assert len(expected) == 6 and np.all(np.isfinite(expected))
+  assert expected[-1] < expected[0]
+  for data, fsdp, tensor in ((8, 1, 1), (4, 2, 1), (2, 2, 2)):
+    workdir = tmp_path / f"mesh_{data}{fsdp}{tensor}"
+    result = train(tiny_config(f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"),
+                   workdir, progress=False)
+    np.testing.assert_allclose(_losses(workdir), expected, rtol=1e-4,
+                               err_msg=f"mesh ({data},{fsdp},{tensor})")
+    if fsdp * tensor > 1:
+      # Parameters really are split: a weight matrix is sharded over fsdp and/or tensor.
+      fc1 = result.state.params["image_encoder"]["transformer"]["block_0"]["mlp"]["fc1"]["kernel"]
+      assert tuple(fc1.sharding.spec) == ("fsdp", "tensor")
+      shard = fc1.addressable_shards[0].data
+      assert shard.shape == (fc1.shape[0] // fsdp, fc1.shape[1] // tensor)
+    # Optimizer moments follow their parameters' sharding.
+    mu = jax.tree.leaves(result.state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+    assert mu, "expected an Adam state with moments"
