@@ -1,0 +1,16 @@
+"""Pure loss functions (jax/numpy only): contrastive InfoNCE and sigmoid losses.
+
+`clip_loss` and `siglip_loss` take `[N, D]` embeddings; `block_size=` selects the blockwise
+form that never materialises the `[N, N]` logits. The `*_sharded` variants run inside
+`jax.shard_map` and pass text shards around a ring. `grad_cached_value_and_grad` computes a
+training step's gradient one chunk of the batch at a time (GradCache).
+"""
+from mmjax.losses.contrastive import clip_loss
+from mmjax.losses.grad_cache import grad_cached_value_and_grad
+from mmjax.losses.sharded import clip_loss_sharded, siglip_loss_sharded
+from mmjax.losses.sigmoid import siglip_loss
+
+__all__ = [
+    "clip_loss", "clip_loss_sharded", "grad_cached_value_and_grad", "siglip_loss",
+    "siglip_loss_sharded",
+]

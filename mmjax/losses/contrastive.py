@@ -1,0 +1,299 @@
+"""Symmetric InfoNCE (CLIP) loss: plain, and blockwise without the N x N logit matrix.
+
+The blockwise form follows Inf-CL (arXiv 2410.17243) in its one-pass symmetric variant: with
+x_ij = <u_i, v_j> / temperature, row log-sum-exp l_i = LSE_j x_ij and column log-sum-exp
+c_j = LSE_i x_ij,
+
+  L = (1 / 2N) [sum_i (l_i - x_ii) + sum_j (c_j - x_jj)].
+
+The forward pass visits every [block, block] tile once and keeps only l and c; the backward
+pass recomputes each tile and uses
+
+  dL/dx_ij = (exp(x_ij - l_i) + exp(x_ij - c_j)) / 2N - delta_ij / N,
+
+so memory is O(N * D + block^2) instead of O(N^2).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_embeddings(image_emb: jax.Array, text_emb: jax.Array, name: str) -> None:
+  """Raises ValueError unless both embeddings are `[N, D]` arrays of the same shape."""
+  image_shape, text_shape = np.shape(image_emb), np.shape(text_emb)
+  if len(image_shape) != 2 or image_shape != text_shape:
+    raise ValueError(
+        f"{name}: expected image_emb and text_emb of the same shape [N, D], got "
+        f"image_emb {image_shape} and text_emb {text_shape}")
+  if image_shape[0] == 0:
+    raise ValueError(f"{name}: expected at least one pair, got N=0")
+  for arg, value in (("image_emb", image_emb), ("text_emb", text_emb)):
+    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+      raise ValueError(f"{name}: expected a floating {arg}, got dtype {jnp.result_type(value)}")
+
+
+def check_scalar(value: Any, arg: str, name: str) -> None:
+  """Raises ValueError unless `value` is a scalar (shape `[]`)."""
+  if np.ndim(value) != 0:
+    raise ValueError(f"{name}: expected a scalar {arg}, got shape {np.shape(value)}")
+
+
+def check_block_size(block_size: int | None, name: str) -> None:
+  if block_size is not None and (isinstance(block_size, bool) or not isinstance(
+      block_size, (int, np.integer)) or block_size < 1):
+    raise ValueError(f"{name}: expected block_size None or a positive int, got {block_size!r}")
+
+
+def compute_dtype(*arrays: Any) -> jnp.dtype:
+  """Float32 at least: bf16/fp16 embeddings are accumulated in float32, float64 stays."""
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiling machinery shared by the blockwise and ring losses (here and in sigmoid.py, sharded.py).
+
+
+def to_blocks(emb: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array | None]:
+  """`[n, D]` -> (`[n_blocks, block, D]` zero-padded, valid mask `[n_blocks, block]`).
+
+  The mask is None when block_size divides n, so that tiles skip masking altogether.
+  """
+  n, dim = emb.shape
+  n_blocks = -(-n // block_size)
+  pad = n_blocks * block_size - n
+  if not pad:
+    return emb.reshape(n_blocks, block_size, dim), None
+  emb = jnp.pad(emb, ((0, pad), (0, 0)))
+  valid = (jnp.arange(n_blocks * block_size) < n).reshape(n_blocks, block_size)
+  return emb.reshape(n_blocks, block_size, dim), valid
+
+
+def from_blocks(blocks: jax.Array, n: int) -> jax.Array:
+  """`[n_blocks, block, ...]` -> `[n, ...]` (drops the padding)."""
+  return blocks.reshape((-1,) + blocks.shape[2:])[:n]
+
+
+def tile_logits(u_block: jax.Array, v_block: jax.Array, inv_temperature: jax.Array) -> jax.Array:
+  """`[bu, D] x [bv, D]` -> `[bu, bv]` logits, accumulated in the compute dtype."""
+  dtype = inv_temperature.dtype
+  sim = jnp.einsum("id,jd->ij", u_block, v_block, preferred_element_type=dtype)
+  return sim * inv_temperature
+
+
+def tile_scan(tile_fn: Callable, u_blocks, v_blocks, row_xs, col_xs, row_states, col_states):
+  """Visits every (row block, column block) tile once, row blocks outermost.
+
+  Args:
+    tile_fn: `(u_block, v_block, row_x, col_x, row_state, col_state) -> (row_state, col_state)`.
+    u_blocks: `[nu, bu, D]` row embeddings.
+    v_blocks: `[nv, bv, D]` column embeddings.
+    row_xs: pytree with leading axis nu: read-only per-row-block inputs (masks, statistics).
+    col_xs: pytree with leading axis nv: read-only per-column-block inputs.
+    row_states: pytree with leading axis nu: per-row-block accumulators.
+    col_states: pytree with leading axis nv: per-column-block accumulators.
+
+  Returns:
+    Updated (row_states, col_states).
+  """
+
+  def row_step(col_states, row_inputs):
+    u_block, row_x, row_state = row_inputs
+
+    def col_step(row_state, col_inputs):
+      v_block, col_x, col_state = col_inputs
+      return tile_fn(u_block, v_block, row_x, col_x, row_state, col_state)
+
+    row_state, col_states = jax.lax.scan(col_step, row_state, (v_blocks, col_xs, col_states))
+    return col_states, row_state
+
+  col_states, row_states = jax.lax.scan(row_step, col_states, (u_blocks, row_xs, row_states))
+  return row_states, col_states
+
+
+def masked(x: jax.Array, row_valid, col_valid, fill) -> jax.Array:
+  """`x` with entries outside the valid rows/columns (masks `[bu]`, `[bv]` or None) = fill."""
+  if row_valid is not None:
+    x = jnp.where(row_valid[:, None], x, fill)
+  if col_valid is not None:
+    x = jnp.where(col_valid[None, :], x, fill)
+  return x
+
+
+def tile_trace(x: jax.Array, row_valid, on_diagonal) -> jax.Array:
+  """Sum of the valid diagonal of a square tile `x` if `on_diagonal`, else 0."""
+  diag = jnp.diagonal(x)
+  if row_valid is not None:
+    diag = jnp.where(row_valid, diag, 0)
+  return jnp.where(on_diagonal, jnp.sum(diag), 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Row / column log-sum-exp of U V^T / t, and the gradient pass that consumes them. The ring
+# version (sharded.py) calls both on (local rows, visiting column shard) pairs.
+
+
+def lse_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature, row_lse, col_lse,
+             diag_sum, has_diagonal=True):
+  """Folds the tiles of `x = U V^T * inv_temperature` into running row/column log-sum-exp.
+
+  Args:
+    u_blocks, u_valid: `[nu, b, D]`, `[nu, b]` from `to_blocks`.
+    v_blocks, v_valid: `[nv, b, D]`, `[nv, b]`.
+    inv_temperature: scalar in the compute dtype.
+    row_lse: `[nu, b]` running row log-sum-exp (-inf to start).
+    col_lse: `[nv, b]` running column log-sum-exp.
+    diag_sum: `[nu]` running sum of the positives' logits x_ii.
+    has_diagonal: (bool scalar) whether U and V hold the same pairs, i.e. tile (k, k)
+      carries positives. The positives are read off the tiles themselves so that they are
+      bit-identical to the x_ii inside the LSE, which keeps the cancellation in
+      dL/dtemperature exact for well-fitted pairs.
+
+  Returns:
+    Updated (row_lse, col_lse, diag_sum); padded entries of the LSE hold garbage.
+  """
+  # A finite fill: a fully padded row gets a finite (ignored) LSE rather than NaN.
+  fill = jnp.finfo(inv_temperature.dtype).min
+
+  def tile_fn(u_block, v_block, row_x, col_x, row_state, col_lse):
+    (row_valid, row_index), (col_valid, col_index) = row_x, col_x
+    row_lse, diag_sum = row_state
+    x = tile_logits(u_block, v_block, inv_temperature)
+    diag_sum = diag_sum + tile_trace(x, row_valid, has_diagonal & (row_index == col_index))
+    x = masked(x, row_valid, col_valid, fill)
+    row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(x, axis=1))
+    col_lse = jnp.logaddexp(col_lse, jax.nn.logsumexp(x, axis=0))
+    return (row_lse, diag_sum), col_lse
+
+  (row_lse, diag_sum), col_lse = tile_scan(
+      tile_fn, u_blocks, v_blocks, (u_valid, jnp.arange(len(u_blocks))),
+      (v_valid, jnp.arange(len(v_blocks))), (row_lse, diag_sum), col_lse)
+  return row_lse, col_lse, diag_sum
+
+
+def softmax_grad_pass(u_blocks, u_valid, row_lse, v_blocks, v_valid, col_lse, inv_temperature,
+                      weight, du, dv, px):
+  """Accumulates the off-diagonal part of the symmetric InfoNCE gradient, tile by tile.
+
+  With x = U V^T * inv_temperature and P_ij = weight * (exp(x_ij - l_i) + exp(x_ij - c_j)):
+  du += P V, dv += P^T U, px += sum_ij P_ij x_ij (all before the inv_temperature factor).
+
+  Args:
+    u_blocks, u_valid, row_lse: `[nu, b, D]`, `[nu, b]`, `[nu, b]`.
+    v_blocks, v_valid, col_lse: `[nv, b, D]`, `[nv, b]`, `[nv, b]`.
+    inv_temperature, weight: scalars in the compute dtype.
+    du: `[nu, b, D]`, dv: `[nv, b, D]`, px: `[nu]` accumulators.
+
+  Returns:
+    Updated (du, dv, px).
+  """
+
+  def tile_fn(u_block, v_block, row_x, col_x, row_state, dv_block):
+    (row_valid, l), (col_valid, c) = row_x, col_x
+    du_block, px = row_state
+    x = tile_logits(u_block, v_block, inv_temperature)
+    p = weight * (jnp.exp(x - l[:, None]) + jnp.exp(x - c[None, :]))
+    p = masked(p, row_valid, col_valid, 0)
+    dtype = p.dtype
+    du_block = du_block + jnp.einsum("ij,jd->id", p, v_block, preferred_element_type=dtype)
+    dv_block = dv_block + jnp.einsum("ij,id->jd", p, u_block, preferred_element_type=dtype)
+    return (du_block, px + jnp.sum(p * x)), dv_block
+
+  (du, px), dv = tile_scan(tile_fn, u_blocks, v_blocks, (u_valid, row_lse), (v_valid, col_lse),
+                           (du, px), dv)
+  return du, dv, px
+
+
+# --------------------------------------------------------------------------------------------
+# The public loss.
+
+
+def clip_loss(image_emb: jax.Array, text_emb: jax.Array, temperature, *,
+              block_size: int | None = None) -> jax.Array:
+  """Symmetric InfoNCE loss of CLIP.
+
+  L = (CE over rows + CE over columns) / 2 of the logits S / temperature, S = image_emb @
+  text_emb.T, where pair i (row i, column i) is the positive.
+
+  Args:
+    image_emb: `[N, D]` image embeddings, already L2-normalised (any float dtype).
+    text_emb: `[N, D]` text embeddings, already L2-normalised.
+    temperature: scalar (may be traced; it gets a gradient). CLIP's learnable logit scale
+      is 1 / temperature.
+    block_size: None for the plain version (materialises the `[N, N]` logits); an int for the
+      blockwise version, which keeps memory at O(N * D + block_size^2) and recomputes tiles in
+      the backward pass. Any N works (the last block is padded and masked).
+
+  Returns:
+    Scalar loss, float32 for float32/bf16 inputs (float64 for float64).
+  """
+  check_embeddings(image_emb, text_emb, "clip_loss")
+  check_scalar(temperature, "temperature", "clip_loss")
+  check_block_size(block_size, "clip_loss")
+  dtype = compute_dtype(image_emb, text_emb)
+  temperature = jnp.asarray(temperature).astype(dtype)
+  if block_size is None:
+    return _clip_loss_plain(image_emb, text_emb, temperature)
+  return _clip_loss_blockwise(int(block_size), image_emb, text_emb, temperature)
+
+
+def _clip_loss_plain(image_emb, text_emb, temperature):
+  dtype = temperature.dtype
+  logits = jnp.einsum("id,jd->ij", image_emb, text_emb, preferred_element_type=dtype)
+  logits = logits / temperature
+  diag = jnp.diagonal(logits)
+  row_loss = jax.nn.logsumexp(logits, axis=1) - diag
+  col_loss = jax.nn.logsumexp(logits, axis=0) - diag
+  return (jnp.mean(row_loss) + jnp.mean(col_loss)) / 2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _clip_loss_blockwise(block_size, image_emb, text_emb, temperature):
+  return _clip_blockwise_fwd(block_size, image_emb, text_emb, temperature)[0]
+
+
+def _clip_blockwise_fwd(block_size, image_emb, text_emb, temperature):
+  n = image_emb.shape[0]
+  block = min(block_size, n)
+  dtype = temperature.dtype
+  inv_temperature = 1 / temperature
+  u_blocks, u_valid = to_blocks(image_emb, block)
+  v_blocks, v_valid = to_blocks(text_emb, block)
+  init = jnp.full(u_blocks.shape[:2], -jnp.inf, dtype)
+  row_lse, col_lse, diag_sum = lse_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature,
+                                        init, init, jnp.zeros(len(u_blocks), dtype))
+  row_lse, col_lse, diag_sum = from_blocks(row_lse, n), from_blocks(col_lse, n), jnp.sum(diag_sum)
+  loss = (jnp.sum(row_lse) + jnp.sum(col_lse) - 2 * diag_sum) / (2 * n)
+  return loss, (image_emb, text_emb, temperature, row_lse, col_lse, diag_sum)
+
+
+def _clip_blockwise_bwd(block_size, residuals, g):
+  image_emb, text_emb, temperature, row_lse, col_lse, diag_sum = residuals
+  n = image_emb.shape[0]
+  block = min(block_size, n)
+  dtype = temperature.dtype
+  inv_temperature = 1 / temperature
+  u_blocks, u_valid = to_blocks(image_emb, block)
+  v_blocks, v_valid = to_blocks(text_emb, block)
+  l_blocks, _ = to_blocks(row_lse[:, None], block)
+  c_blocks, _ = to_blocks(col_lse[:, None], block)
+  zeros = jnp.zeros(u_blocks.shape, dtype)
+  du, dv, px = softmax_grad_pass(
+      u_blocks, u_valid, l_blocks[..., 0], v_blocks, v_valid, c_blocks[..., 0],
+      inv_temperature, g / (2 * n), zeros, zeros, jnp.zeros(len(u_blocks), dtype))
+  # The -delta_ij / N part of the gradient, applied without visiting the diagonal tiles.
+  diag_weight = g / n
+  d_image = (from_blocks(du, n) - diag_weight * text_emb.astype(dtype)) * inv_temperature
+  d_text = (from_blocks(dv, n) - diag_weight * image_emb.astype(dtype)) * inv_temperature
+  # x = S / t, so dL/dt = -sum_ij G_ij x_ij / t.
+  d_temperature = -(jnp.sum(px) - diag_weight * diag_sum) * inv_temperature
+  return (d_image.astype(image_emb.dtype), d_text.astype(text_emb.dtype),
+          d_temperature.astype(temperature.dtype))
+
+
+_clip_loss_blockwise.defvjp(_clip_blockwise_fwd, _clip_blockwise_bwd)
