@@ -38,6 +38,7 @@ class TextTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "einsum"
   remat: bool = False
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -63,6 +64,7 @@ class TextTransformer(nn.Module):
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                     dtype=self.dtype, param_dtype=self.param_dtype,
                     attention_impl=self.attention_impl, remat=self.remat,
+                    gelu_approximate=self.gelu_approximate,
                     name="transformer")(x, mask=mask, causal=self.causal)
     if self.pool == "eos":
       # Rows without an EOS (over-long, truncated text) fall back to the last position.

@@ -31,17 +31,23 @@ def dense(features: int, name: str, axes: tuple[str | None, str | None], *, dtyp
 
 
 class MlpBlock(nn.Module):
-  """Two-layer GELU MLP: `[..., D] -> [..., mlp_dim] -> [..., D]`."""
+  """Two-layer GELU MLP: `[..., D] -> [..., mlp_dim] -> [..., D]`.
+
+  Attributes:
+    gelu_approximate: tanh approximation of GELU (True) or the exact erf form (False, what
+      PyTorch's `nn.GELU()` and open_clip compute).
+  """
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     h = dense(self.mlp_dim, "fc1", ("embed", "mlp"), dtype=self.dtype,
               param_dtype=self.param_dtype)(x)
-    h = nn.gelu(h, approximate=True)
+    h = nn.gelu(h, approximate=self.gelu_approximate)
     return dense(width, "fc2", ("mlp", "embed"), dtype=self.dtype,
                  param_dtype=self.param_dtype)(h)
 
@@ -60,6 +66,7 @@ class TransformerBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "einsum"
   decode: bool = False
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -77,7 +84,8 @@ class TransformerBlock(nn.Module):
       h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
       x = x + attn("cross_attn", False)(h, context, mask=context_mask)
     h = layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
-    x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")(h)
+    x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
+                     gelu_approximate=self.gelu_approximate, name="mlp")(h)
     return x
 
 
@@ -97,6 +105,7 @@ class Transformer(nn.Module):
   attention_impl: str = "einsum"
   decode: bool = False
   remat: bool = False
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
@@ -106,6 +115,7 @@ class Transformer(nn.Module):
     block_cls = nn.remat(TransformerBlock, static_argnums=(5,)) if self.remat else TransformerBlock
     for i in range(self.num_layers):
       block = block_cls(self.num_heads, self.mlp_dim, self.cross_attention, self.dtype,
-                        self.param_dtype, self.attention_impl, self.decode, name=f"block_{i}")
+                        self.param_dtype, self.attention_impl, self.decode,
+                        gelu_approximate=self.gelu_approximate, name=f"block_{i}")
       x = block(x, context, mask, context_mask, causal)
     return layer_norm("ln_final", self.dtype, self.param_dtype)(x)

@@ -34,6 +34,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "einsum"
   remat: bool = False
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,7 +63,8 @@ class VisionTransformer(nn.Module):
     x = layer_norm("ln_pre", self.dtype, self.param_dtype)(x + pos.astype(self.dtype))
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                     dtype=self.dtype, param_dtype=self.param_dtype,
-                    attention_impl=self.attention_impl, remat=self.remat, name="transformer")(x)
+                    attention_impl=self.attention_impl, remat=self.remat,
+                    gelu_approximate=self.gelu_approximate, name="transformer")(x)
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "gap":
