@@ -29,9 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
       image=dict(patch_size=8, width=128, layers=3, heads=4, mlp_ratio=2.0, pool="cls"),
       text=dict(width=128, layers=3, heads=4, mlp_ratio=2.0)))
 
-  c.loss = ml_collections.ConfigDict(dict(kind="clip", block_size=None))
+  # kind: "clip" | "siglip"; block_size: tiles of the blockwise loss (None = plain N x N);
+  # sharded: ring loss over the batch mesh axes (per-device memory O(b D), not O(N D)).
+  c.loss = ml_collections.ConfigDict(dict(kind="clip", block_size=None, sharded=False))
   c.loss.block_size = ml_collections.FieldReference(None, field_type=int)
-  c.grad_cache_chunks = 0
+  c.grad_cache_chunks = 0     # > 0: embed the batch in this many chunks (GradCache)
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.02, weight_decay=0.05,

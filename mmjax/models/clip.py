@@ -56,13 +56,17 @@ class CLIP(nn.Module):
     _, pooled = self.text_encoder(tokens)
     return l2_normalize(self.text_proj(pooled))
 
-  def __call__(self, images: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
-    """Returns image_emb `[B, E]`, text_emb `[B, E]`, logit_scale `[]` (and logit_bias `[]`).
+  def logit_params(self) -> dict[str, jax.Array]:
+    """logit_scale `[]` (log inverse temperature) and, for SigLIP, logit_bias `[]`.
 
     The scale is clipped to log(100), as CLIP does, so the temperature cannot collapse.
     """
-    out = {"image_emb": self.encode_image(images), "text_emb": self.encode_text(tokens),
-           "logit_scale": jnp.minimum(self.logit_scale, math.log(100.0))}
+    out = {"logit_scale": jnp.minimum(self.logit_scale, math.log(100.0))}
     if self.logit_bias_init is not None:
       out["logit_bias"] = self.logit_bias
     return out
+
+  def __call__(self, images: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
+    """Returns image_emb `[B, E]`, text_emb `[B, E]` and the `logit_params()`."""
+    return {"image_emb": self.encode_image(images), "text_emb": self.encode_text(tokens),
+            **self.logit_params()}

@@ -121,6 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
   validate_config(config, mesh)
   task = get_task_class(config.task)(config)
+  task.set_mesh(mesh)
   tx, schedule = make_optimizer(config.optim, config.total_steps)
   init_fn, abstract_state, state_shardings = build_state(task, tx, config, mesh)
 
@@ -212,6 +213,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
   task = get_task_class(config.task)(config)
+  task.set_mesh(mesh)
   tx, _ = make_optimizer(config.optim, config.total_steps)
   _, abstract_state, _ = build_state(task, tx, config, mesh)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)

@@ -53,3 +53,26 @@ def test_mesh_shapes_give_the_same_loss_trajectory(tmp_path):
     # Optimizer moments follow their parameters' sharding.
     mu = jax.tree.leaves(result.state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
     assert mu, "expected an Adam state with moments"
+
+
+@pytest.mark.parametrize("options", [
+    ("loss.block_size=5",),                       # blockwise, ragged last block
+    ("loss.sharded=True", "loss.block_size=3"),   # ring over the 8 batch devices
+    ("grad_cache_chunks=4",),                     # GradCache
+    ("grad_cache_chunks=2", "loss.sharded=True"),
+])
+def test_loss_options_match_the_plain_loss(tmp_path, options):
+  steps = ("total_steps=3", "mesh.data=8")
+  plain = train(tiny_config(*steps), tmp_path / "plain", progress=False)
+  other = train(tiny_config(*steps, *options), tmp_path / "other", progress=False)
+  np.testing.assert_allclose(_losses(tmp_path / "other"), _losses(tmp_path / "plain"), rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(plain.state.params), jax.tree.leaves(other.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_siglip_sharded_matches_plain(tmp_path):
+  steps = ("total_steps=3", "mesh.data=8", "loss.kind=siglip", "model.logit_bias_init=-10.0",
+           "model.logit_scale_init=2.302585")
+  train(tiny_config(*steps), tmp_path / "plain", progress=False)
+  train(tiny_config(*steps, "loss.sharded=True"), tmp_path / "ring", progress=False)
+  np.testing.assert_allclose(_losses(tmp_path / "ring"), _losses(tmp_path / "plain"), rtol=2e-5)

@@ -20,6 +20,11 @@ class Task(abc.ABC):
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
+    self.mesh: Mesh | None = None
+
+  def set_mesh(self, mesh: Mesh) -> None:
+    """The trainer's mesh, for losses that need explicit collectives (`shard_map`)."""
+    self.mesh = mesh
 
   @property
   @abc.abstractmethod

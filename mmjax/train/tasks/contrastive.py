@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 
 from mmjax import losses, metrics
 from mmjax.data import pipeline, shapeworld
@@ -40,19 +40,40 @@ def build_clip(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, 
               logit_bias_init=config.logit_bias_init, dtype=dtype)
 
 
-def contrastive_loss(outputs: dict[str, jax.Array], config: ml_collections.ConfigDict) -> jax.Array:
-  """The configured loss (`loss.kind` "clip" or "siglip", optional `loss.block_size`)."""
+def contrastive_loss(outputs: dict[str, jax.Array], config: ml_collections.ConfigDict,
+                     mesh: Mesh | None = None) -> jax.Array:
+  """The configured loss over a global batch of embeddings.
+
+  `loss.kind` is "clip" or "siglip"; `loss.block_size` selects the blockwise form;
+  `loss.sharded` computes it with the ring losses inside `shard_map` over the batch mesh axes,
+  so no device ever holds all N embeddings.
+  """
+  if config.kind not in ("clip", "siglip"):
+    raise ValueError(f"loss.kind must be 'clip' or 'siglip', got {config.kind!r}")
+  if config.kind == "siglip" and "logit_bias" not in outputs:
+    raise ValueError("loss.kind='siglip' needs a logit bias: set model.logit_bias_init "
+                     "(SigLIP uses -10)")
   temperature = jnp.exp(-outputs["logit_scale"])
-  if config.kind == "clip":
-    return losses.clip_loss(outputs["image_emb"], outputs["text_emb"], temperature,
-                            block_size=config.block_size)
-  if config.kind == "siglip":
-    if "logit_bias" not in outputs:
-      raise ValueError("loss.kind='siglip' needs a logit bias: set model.logit_bias_init "
-                       "(SigLIP uses -10)")
-    return losses.siglip_loss(outputs["image_emb"], outputs["text_emb"], temperature,
-                              outputs["logit_bias"], block_size=config.block_size)
-  raise ValueError(f"loss.kind must be 'clip' or 'siglip', got {config.kind!r}")
+  bias = outputs.get("logit_bias", jnp.zeros((), jnp.float32))
+  if not config.sharded:
+    if config.kind == "clip":
+      return losses.clip_loss(outputs["image_emb"], outputs["text_emb"], temperature,
+                              block_size=config.block_size)
+    return losses.siglip_loss(outputs["image_emb"], outputs["text_emb"], temperature, bias,
+                              block_size=config.block_size)
+  if mesh is None:
+    raise ValueError("loss.sharded=True needs the trainer's mesh")
+  axes = sharding.BATCH_AXES
+
+  def ring(image_emb, text_emb, temperature, bias):
+    if config.kind == "clip":
+      return losses.clip_loss_sharded(image_emb, text_emb, temperature, axis_name=axes,
+                                      block_size=config.block_size)
+    return losses.siglip_loss_sharded(image_emb, text_emb, temperature, bias, axis_name=axes,
+                                      block_size=config.block_size)
+
+  return jax.shard_map(ring, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())(
+      outputs["image_emb"], outputs["text_emb"], temperature, bias)
 
 
 class ContrastiveTask(Task):
@@ -108,8 +129,33 @@ class ContrastiveTask(Task):
   def loss_fn(self, params, batch, rng):
     del rng  # The CLIP towers are deterministic (no dropout).
     outputs = self._model.apply({"params": params}, batch["image"], batch["text"])
-    loss = contrastive_loss(outputs, self.config.loss)
+    return self._loss_from_outputs(outputs)
+
+  def _loss_from_outputs(self, outputs):
+    loss = contrastive_loss(outputs, self.config.loss, self.mesh)
     return loss, {"temperature": jnp.exp(-outputs["logit_scale"])}
+
+  def loss_and_grad(self, params, batch, rng):
+    """With `grad_cache_chunks` > 0, embeds the batch in chunks (GradCache): the batch size is
+    then bounded by the embeddings' memory, not by the encoders' activations."""
+    chunks = self.config.grad_cache_chunks
+    if not chunks:
+      return super().loss_and_grad(params, batch, rng)
+    model = self._model
+
+    def embed_fn(params, chunk, rng):
+      del rng
+      variables = {"params": params}
+      return {"image_emb": model.apply(variables, chunk["image"], method=model.encode_image),
+              "text_emb": model.apply(variables, chunk["text"], method=model.encode_text)}
+
+    def loss_fn(embeddings, params):
+      logits = model.apply({"params": params}, method=model.logit_params)
+      return self._loss_from_outputs({**embeddings, **logits})
+
+    inputs = {"image": batch["image"], "text": batch["text"]}
+    return losses.grad_cached_value_and_grad(embed_fn, loss_fn, params, inputs, chunks, rng,
+                                             has_aux=True)
 
   # -- evaluation -----------------------------------------------------------------------------
 
