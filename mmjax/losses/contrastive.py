@@ -138,6 +138,33 @@ def tile_trace(x: jax.Array, row_valid, on_diagonal) -> jax.Array:
 # version (sharded.py) calls both on (local rows, visiting column shard) pairs.
 
 
+# An exp() argument below -_SHARED_EXP_RANGE is dropped by the shared-shift fast paths; the
+# lost terms are then below exp(-87 + 40) of the kept ones (float32 underflows near exp(-87)).
+_SHARED_EXP_RANGE = 40.0
+
+
+def _tile_lse(x, row_valid, col_valid):
+  """Row and column log-sum-exp of one masked tile `x` `[bu, bv]`.
+
+  Fast path: one exp per entry, shared by both directions, shifted by the tile's maximum.
+  When a row or column of the tile sits more than _SHARED_EXP_RANGE below that maximum (its
+  sum would lose precision to underflow) it falls back to two exps, each direction shifted
+  by its own maxima. Logits of L2-normalised embeddings span at most 2 / temperature, so the
+  fallback runs only for temperatures under 0.05.
+  """
+  m = jnp.max(x)
+  e = jnp.exp(x - m)
+  row_sum, col_sum = jnp.sum(e, axis=1), jnp.sum(e, axis=0)
+  smallest = jnp.minimum(
+      jnp.min(row_sum if row_valid is None else jnp.where(row_valid, row_sum, 1)),
+      jnp.min(col_sum if col_valid is None else jnp.where(col_valid, col_sum, 1)))
+  shared = smallest > np.exp(-_SHARED_EXP_RANGE)
+  return jax.lax.cond(
+      shared,
+      lambda: (m + jnp.log(row_sum), m + jnp.log(col_sum)),
+      lambda: (jax.nn.logsumexp(x, axis=1), jax.nn.logsumexp(x, axis=0)))
+
+
 def lse_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature, row_lse, col_lse,
              diag_sum, has_diagonal=True):
   """Folds the tiles of `x = U V^T * inv_temperature` into running row/column log-sum-exp.
@@ -166,8 +193,9 @@ def lse_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature, row_lse, col
     x = tile_logits(u_block, v_block, inv_temperature)
     diag_sum = diag_sum + tile_trace(x, row_valid, has_diagonal & (row_index == col_index))
     x = masked(x, row_valid, col_valid, fill)
-    row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(x, axis=1))
-    col_lse = jnp.logaddexp(col_lse, jax.nn.logsumexp(x, axis=0))
+    tile_row_lse, tile_col_lse = _tile_lse(x, row_valid, col_valid)
+    row_lse = jnp.logaddexp(row_lse, tile_row_lse)
+    col_lse = jnp.logaddexp(col_lse, tile_col_lse)
     return (row_lse, diag_sum), col_lse
 
   (row_lse, diag_sum), col_lse = tile_scan(
@@ -177,36 +205,45 @@ def lse_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature, row_lse, col
 
 
 def softmax_grad_pass(u_blocks, u_valid, row_lse, v_blocks, v_valid, col_lse, inv_temperature,
-                      weight, du, dv, px):
+                      weight, du, dv):
   """Accumulates the off-diagonal part of the symmetric InfoNCE gradient, tile by tile.
 
   With x = U V^T * inv_temperature and P_ij = weight * (exp(x_ij - l_i) + exp(x_ij - c_j)):
-  du += P V, dv += P^T U, px += sum_ij P_ij x_ij (all before the inv_temperature factor).
+  du += P V, dv += P^T U (before the inv_temperature factor). sum_ij P_ij x_ij, which the
+  temperature gradient needs, is inv_temperature * sum_i <u_i, du_i> once all tiles are in.
 
   Args:
     u_blocks, u_valid, row_lse: `[nu, b, D]`, `[nu, b]`, `[nu, b]`.
     v_blocks, v_valid, col_lse: `[nv, b, D]`, `[nv, b]`, `[nv, b]`.
     inv_temperature, weight: scalars in the compute dtype.
-    du: `[nu, b, D]`, dv: `[nv, b, D]`, px: `[nu]` accumulators.
+    du: `[nu, b, D]`, dv: `[nv, b, D]` accumulators.
 
   Returns:
-    Updated (du, dv, px).
+    Updated (du, dv).
   """
 
-  def tile_fn(u_block, v_block, row_x, col_x, row_state, dv_block):
+  def tile_fn(u_block, v_block, row_x, col_x, du_block, dv_block):
     (row_valid, l), (col_valid, c) = row_x, col_x
-    du_block, px = row_state
     x = tile_logits(u_block, v_block, inv_temperature)
-    p = weight * (jnp.exp(x - l[:, None]) + jnp.exp(x - c[None, :]))
+    l = l if row_valid is None else jnp.where(row_valid, l, -jnp.inf)
+    c = c if col_valid is None else jnp.where(col_valid, c, -jnp.inf)
+    # x_ij <= l_i and x_ij <= c_j, so exp(x - m) <= 1 for m = max(l, c); one exp then serves
+    # both softmaxes through per-row and per-column factors exp(m - l_i), exp(m - c_j),
+    # unless some l_i or c_j lies too far below m for those factors to stay exact.
+    m = jnp.maximum(jnp.max(l), jnp.max(c))
+    shared = jnp.maximum(m - jnp.min(jnp.where(jnp.isfinite(l), l, m)),
+                         m - jnp.min(jnp.where(jnp.isfinite(c), c, m))) < _SHARED_EXP_RANGE
+    p = jax.lax.cond(
+        shared,
+        lambda: jnp.exp(x - m) * (weight * (jnp.exp(m - l)[:, None] + jnp.exp(m - c)[None, :])),
+        lambda: weight * (jnp.exp(x - l[:, None]) + jnp.exp(x - c[None, :])))
     p = masked(p, row_valid, col_valid, 0)
     dtype = p.dtype
     du_block = du_block + jnp.einsum("ij,jd->id", p, v_block, preferred_element_type=dtype)
     dv_block = dv_block + jnp.einsum("ij,id->jd", p, u_block, preferred_element_type=dtype)
-    return (du_block, px + jnp.sum(p * x)), dv_block
+    return du_block, dv_block
 
-  (du, px), dv = tile_scan(tile_fn, u_blocks, v_blocks, (u_valid, row_lse), (v_valid, col_lse),
-                           (du, px), dv)
-  return du, dv, px
+  return tile_scan(tile_fn, u_blocks, v_blocks, (u_valid, row_lse), (v_valid, col_lse), du, dv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,9 +320,10 @@ def _clip_blockwise_bwd(block_size, residuals, g):
   l_blocks, _ = to_blocks(row_lse[:, None], block)
   c_blocks, _ = to_blocks(col_lse[:, None], block)
   zeros = jnp.zeros(u_blocks.shape, dtype)
-  du, dv, px = softmax_grad_pass(
+  du, dv = softmax_grad_pass(
       u_blocks, u_valid, l_blocks[..., 0], v_blocks, v_valid, c_blocks[..., 0],
-      inv_temperature, g / (2 * n), zeros, zeros, jnp.zeros(len(u_blocks), dtype))
+      inv_temperature, g / (2 * n), zeros, zeros)
+  px = jnp.sum(u_blocks.astype(dtype) * du) * inv_temperature
   # The -delta_ij / N part of the gradient, applied without visiting the diagonal tiles.
   diag_weight = g / n
   d_image = (from_blocks(du, n) - diag_weight * text_emb.astype(dtype)) * inv_temperature

@@ -176,20 +176,19 @@ def _clip_ring_bwd(axis_name, block_size, residuals, g):
   c_blocks = to_blocks(col_lse[:, None], block)[0][..., 0]
   weight = g / (2 * n)
   zeros = _like(jnp.zeros(u_blocks.shape, dtype), u_blocks)
-  px = _like(jnp.zeros(len(u_blocks), dtype), u_blocks)
-  du, dv, px = softmax_grad_pass(u_blocks, valid, l_blocks, v_blocks, valid, c_blocks,
-                                 inv_temperature, weight, zeros, _like(zeros, v_blocks), px)
+  du, dv = softmax_grad_pass(u_blocks, valid, l_blocks, v_blocks, valid, c_blocks,
+                             inv_temperature, weight, zeros, _like(zeros, v_blocks))
 
   def visit(carry, _):
-    du, px, visiting = carry
+    du, visiting = carry
     v_visiting, c_visiting, dv_visiting = _shift(visiting, axis_name, 1)
-    du, dv_visiting, px = softmax_grad_pass(u_blocks, valid, l_blocks, v_visiting, valid,
-                                            c_visiting, inv_temperature, weight, du,
-                                            dv_visiting, px)
-    return (du, px, (v_visiting, c_visiting, dv_visiting)), None
+    du, dv_visiting = softmax_grad_pass(u_blocks, valid, l_blocks, v_visiting, valid,
+                                        c_visiting, inv_temperature, weight, du, dv_visiting)
+    return (du, (v_visiting, c_visiting, dv_visiting)), None
 
-  (du, px, (_, _, dv)), _ = lax.scan(visit, (du, px, (v_blocks, c_blocks, dv)), None,
-                                     length=size - 1)
+  (du, (_, _, dv)), _ = lax.scan(visit, (du, (v_blocks, c_blocks, dv)), None, length=size - 1)
+  # sum_ij P_ij x_ij over this device's rows, from du = P V (see softmax_grad_pass).
+  px = jnp.sum(u_blocks.astype(dtype) * du) * inv_temperature
   dv = _shift(dv, axis_name, 1)
   diag_weight = g / n
   d_image = (from_blocks(du, shard) - diag_weight * text_emb.astype(dtype)) * inv_temperature
