@@ -15,6 +15,57 @@ from mmjax.nn.transformer import Transformer, dense, layer_norm
 Dtype = Any
 
 
+class StridedConv3x3(nn.Module):
+  """3x3 convolution, stride 2, SAME padding: `[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), F]`.
+
+  Computed as nine strided slices concatenated (im2col) and one matmul with the kernel
+  `[3, 3, C, F]` reshaped to `[9C, F]`. Numerically this is a plain GEMM, so results are
+  bit-identical whatever the number of host devices or threads (XLA CPU's convolution is not,
+  which would break bit-exact resume across processes), and it is faster than XLA's CPU
+  convolution for the few channels of a stem.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _, height, width, channels = x.shape
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.he_normal(),
+                                                               (None, None, None, None)),
+                        (3, 3, channels, self.features), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                      (self.features,), self.param_dtype)
+    out_h, out_w = -(-height // 2), -(-width // 2)
+    pad_h, pad_w = 2 * (out_h - 1) + 3 - height, 2 * (out_w - 1) + 3 - width
+    x = jnp.pad(x.astype(self.dtype), ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                                       (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    cols = [x[:, i:i + 2 * out_h - 1:2, j:j + 2 * out_w - 1:2, :]
+            for i in range(3) for j in range(3)]
+    patches = jnp.concatenate(cols, axis=-1)  # (i, j, c) order = the kernel's row-major order
+    kernel = kernel.reshape(9 * channels, self.features).astype(self.dtype)
+    return patches @ kernel + bias.astype(self.dtype)
+
+
+class ConvStem(nn.Module):
+  """Stride-2 3x3 convolutions with ReLU ("early convolutions", Xiao et al. 2021).
+
+  `[B, H, W, C] -> [B, H / 2^k, W / 2^k, channels[-1]]` for k = len(channels). Replaces the
+  ViT's one-layer patchify stem: a few cheap convolutions give the tokens local shape features,
+  which makes small ViTs learn shape much faster from little data.
+  """
+  channels: tuple[int, ...]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = images
+    for i, features in enumerate(self.channels):
+      x = nn.relu(StridedConv3x3(features, self.dtype, self.param_dtype, name=f"conv{i}")(x))
+    return x
+
+
 class VisionTransformer(nn.Module):
   """ViT: non-overlapping patches -> linear embedding -> [CLS] + positions -> transformer.
 
@@ -23,6 +74,8 @@ class VisionTransformer(nn.Module):
 
   Attributes:
     pool: "cls" (LayerNorm'd class token, as CLIP) or "gap" (mean over patch tokens).
+    stem_channels: () for the plain patchify stem; else a `ConvStem` with these channels runs
+      first and `patch_size` then applies to its output (image size / 2^len(stem_channels)).
   """
   patch_size: int
   width: int
@@ -35,21 +88,27 @@ class VisionTransformer(nn.Module):
   attention_impl: str = "einsum"
   remat: bool = False
   gelu_approximate: bool = True
+  stem_channels: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Encodes images.
 
     Args:
-      images: `[B, H, W, C]` float, H and W divisible by `patch_size`.
+      images: `[B, H, W, C]` float, H and W divisible by `patch_size * 2^len(stem_channels)`.
     Returns:
       tokens `[B, 1 + N, width]` (class token first) and pooled `[B, width]`.
     """
     chex.assert_rank(images, 4)
     _, height, width, _ = images.shape
     p = self.patch_size
-    if height % p or width % p:
-      raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p}")
+    stride = p * 2 ** len(self.stem_channels)
+    if height % stride or width % stride:
+      raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p} times "
+                       f"the conv stem's stride {2 ** len(self.stem_channels)}")
+    if self.stem_channels:
+      images = ConvStem(tuple(self.stem_channels), self.dtype, self.param_dtype,
+                        name="stem")(images)
     patches = einops.rearrange(images, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
     x = dense(self.width, "patch_embed", (None, "embed"), dtype=self.dtype,
               param_dtype=self.param_dtype)(patches.astype(self.dtype))

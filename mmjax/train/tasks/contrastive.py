@@ -31,11 +31,14 @@ def build_clip(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, 
   common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
   image = VisionTransformer(patch_size=config.image.patch_size, width=config.image.width,
                             num_layers=config.image.layers, num_heads=config.image.heads,
-                            mlp_ratio=config.image.mlp_ratio, pool=config.image.pool, **common)
+                            mlp_ratio=config.image.mlp_ratio, pool=config.image.pool,
+                            stem_channels=tuple(config.image.get("stem_channels", ())),
+                            gelu_approximate=config.get("gelu_approximate", True), **common)
   text = TextTransformer(vocab_size=vocab_size, context_length=context_length,
                          width=config.text.width, num_layers=config.text.layers,
                          num_heads=config.text.heads, mlp_ratio=config.text.mlp_ratio,
-                         pad_id=pad_id, eos_id=eos_id, **common)
+                         pad_id=pad_id, eos_id=eos_id,
+                         gelu_approximate=config.get("gelu_approximate", True), **common)
   return CLIP(image, text, embed_dim=config.embed_dim, logit_scale_init=config.logit_scale_init,
               logit_bias_init=config.logit_bias_init, dtype=dtype)
 
