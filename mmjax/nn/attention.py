@@ -94,9 +94,13 @@ class MultiHeadAttention(nn.Module):
     out_features: output width; default the query width.
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype`. Softmax is float32.
     implementation: see `dot_product_attention`.
-    decode: if True, keys/values are appended to a fixed-size cache in the "cache" collection
-      (initialise it by calling the module once on a `[B, max_length, D]` input with
-      `mutable=["cache"]`), and each call processes the next `Tq` positions.
+    decode: if True, self-attention keys/values go to a fixed-size cache `[B, max_length, H,
+      Dh]` in the "cache" collection (initialise it by calling the module once on a
+      `[B, max_length, D]` input with `mutable=["cache"]`). Without `positions`, each call
+      appends the next `Tq` positions at one shared `cache_index` (equal-length rows only).
+      With `positions` `[B, Tq]`, token t of row b is written to slot `positions[b, t]` and
+      attends to slots `<= positions[b, t]` of its own row (ragged prompts, beam search);
+      that cache holds no shared index, so every leaf is batch-first.
   """
   num_heads: int
   head_dim: int | None = None
@@ -109,16 +113,25 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
-               mask: jax.Array | None = None, causal: bool = False) -> jax.Array:
+               mask: jax.Array | None = None, causal: bool = False,
+               positions: jax.Array | None = None) -> jax.Array:
     """Attends `inputs_q` `[B, Tq, D]` to itself or to `inputs_kv` `[B, Tk, Dkv]`.
 
     Args:
-      mask: boolean, broadcastable to `[B, H, Tq, Tk]`, True = may attend.
-      causal: add a causal mask (self-attention only).
+      mask: boolean, broadcastable to `[B, H, Tq, Tk]` (`[B, H, Tq, max_length]` when
+        decoding), True = may attend.
+      causal: add a causal mask (self-attention only; decoding is always causal).
+      positions: int `[B, Tq]` cache slot of every query token (decode self-attention only).
     Returns:
       `[B, Tq, out_features]`.
     """
     chex.assert_rank(inputs_q, 3)
+    if positions is not None:
+      if not self.decode or inputs_kv is not None:
+        raise ValueError("positions are only used by decode=True self-attention (KV cache)")
+      if positions.shape != inputs_q.shape[:2]:
+        raise ValueError(f"positions must be int [B, Tq] = {inputs_q.shape[:2]}, "
+                         f"got shape {positions.shape}")
     embed_dim = inputs_q.shape[-1]
     head_dim = self.head_dim or embed_dim // self.num_heads
     if self.head_dim is None and embed_dim % self.num_heads:
@@ -148,7 +161,10 @@ class MultiHeadAttention(nn.Module):
     if causal and not self.decode:
       mask = combine_masks(mask, make_causal_mask(inputs_q.shape[1]))
     if self.decode and inputs_kv is None:
-      key, value, cache_mask = self._update_cache(key, value)
+      if positions is None:
+        key, value, cache_mask = self._update_cache(key, value)
+      else:
+        key, value, cache_mask = self._update_cache_at(key, value, positions)
       mask = combine_masks(mask, cache_mask)
 
     out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
@@ -182,3 +198,25 @@ class MultiHeadAttention(nn.Module):
     key_pos = jnp.arange(max_length)
     mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
     return cached_key.value, cached_value.value, jnp.broadcast_to(mask, (batch, 1, num_new, max_length))
+
+  def _update_cache_at(self, key, value, positions):
+    """Writes `key`/`value` `[B, T, H, Dh]` at per-row slots `positions` `[B, T]`.
+
+    Returns the full cache `[B, S, H, Dh]` twice and the mask `[B, 1, T, S]` of slots
+    `<= positions[b, t]`. Slots beyond a row's position may hold stale values (padding of a
+    ragged prompt); the mask hides them until they are overwritten. Positions outside
+    `[0, S)` are dropped (XLA scatter semantics), so callers must size the cache.
+    """
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    max_length = cached_key.value.shape[1]
+    mask = (jnp.arange(max_length)[None, None, :] <= positions[:, :, None])[:, None]
+    if not is_initialized:
+      return key, value, mask
+    rows = jnp.arange(key.shape[0])[:, None]
+    cached_key.value = cached_key.value.at[rows, positions].set(
+        key.astype(cached_key.value.dtype), mode="drop")
+    cached_value.value = cached_value.value.at[rows, positions].set(
+        value.astype(cached_value.value.dtype), mode="drop")
+    return cached_key.value, cached_value.value, mask

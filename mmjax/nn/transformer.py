@@ -57,7 +57,7 @@ class TransformerBlock(nn.Module):
 
   Attributes:
     cross_attention: add a cross-attention sub-layer over `context` (decoders, fusion).
-    decode: KV-cached self-attention (autoregressive decoding).
+    decode: KV-cached self-attention (autoregressive decoding); see `MultiHeadAttention`.
   """
   num_heads: int
   mlp_dim: int
@@ -71,13 +71,17 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                mask: jax.Array | None = None, context_mask: jax.Array | None = None,
-               causal: bool = False) -> jax.Array:
-    """`x` `[B, T, D]`, `context` `[B, S, Dc]`; masks broadcastable to `[B, H, T, T|S]`."""
+               causal: bool = False, positions: jax.Array | None = None) -> jax.Array:
+    """`x` `[B, T, D]`, `context` `[B, S, Dc]`; masks broadcastable to `[B, H, T, T|S]`.
+
+    `positions` int `[B, T]`: per-row KV-cache slots of the tokens (decode mode only).
+    """
     attn = lambda name, decode: MultiHeadAttention(
         self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         implementation=self.attention_impl, decode=decode, name=name)
     h = layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
-    x = x + attn("self_attn", self.decode)(h, mask=mask, causal=causal)
+    x = x + attn("self_attn", self.decode)(h, mask=mask, causal=causal,
+                                              positions=positions)
     if self.cross_attention:
       if context is None:
         raise ValueError("this block has cross_attention=True but was called without context")
@@ -110,12 +114,12 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
                mask: jax.Array | None = None, context_mask: jax.Array | None = None,
-               causal: bool = False) -> jax.Array:
-    """`[B, T, D] -> [B, T, D]`."""
+               causal: bool = False, positions: jax.Array | None = None) -> jax.Array:
+    """`[B, T, D] -> [B, T, D]`; `positions` int `[B, T]` are KV-cache slots (decode mode)."""
     block_cls = nn.remat(TransformerBlock, static_argnums=(5,)) if self.remat else TransformerBlock
     for i in range(self.num_layers):
       block = block_cls(self.num_heads, self.mlp_dim, self.cross_attention, self.dtype,
                         self.param_dtype, self.attention_impl, self.decode,
                         gelu_approximate=self.gelu_approximate, name=f"block_{i}")
-      x = block(x, context, mask, context_mask, causal)
+      x = block(x, context, mask, context_mask, causal, positions)
     return layer_norm("ln_final", self.dtype, self.param_dtype)(x)
