@@ -1,0 +1,56 @@
+"""Splits zero-shot errors of a trained CLIP run into colour and shape errors.
+
+  python experiments/clip_shapeworld/zero_shot_breakdown.py runs/clip [STEP]
+
+Restores the checkpoint (latest unless STEP), runs the contrastive task's own zero-shot
+evaluation inputs, and prints top-1, the accuracy of the predicted class's colour and of its
+shape, and top-1 per prompt template.
+"""
+import json
+import pathlib
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmjax.data import shapeworld
+from mmjax.train import sharding
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.optim import make_optimizer
+from mmjax.train.tasks import get_task_class
+from mmjax.train.trainer import build_state
+
+
+def main(workdir: str, step: int | None = None) -> None:
+  workdir = pathlib.Path(workdir)
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  task = get_task_class(config.task)(config)
+  task.set_mesh(mesh)
+  tx, _ = make_optimizer(config.optim, config.total_steps)
+  _, abstract_state, _ = build_state(task, tx, config, mesh)
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+  step = checkpointer.latest_step() if step is None else step
+  params = checkpointer.restore_state(step, abstract_state).params
+  data = task._eval_data()  # pylint: disable=protected-access
+  templates = data["num_templates"]
+  prompt_emb = task.embed(params, data["prompt_tokens"], "encode_text", mesh)
+  prompt_emb = prompt_emb.reshape(-1, templates, prompt_emb.shape[-1])
+  class_emb = prompt_emb.mean(1)
+  class_emb = class_emb / jnp.linalg.norm(class_emb, axis=-1, keepdims=True)
+  image_emb = task.embed(params, data["single"]["image"], "encode_image", mesh)
+  labels = data["single"]["label"]
+  pred = np.asarray(jnp.argmax(image_emb @ class_emb.T, -1))
+  shapes = len(shapeworld.SHAPES)
+  print(f"step {step}: top1 over all 48 classes {np.mean(pred == labels):.3f}  "
+        f"colour acc {np.mean(pred // shapes == labels // shapes):.3f}  "
+        f"shape acc {np.mean(pred % shapes == labels % shapes):.3f}")
+  for t, template in enumerate(shapeworld.ZERO_SHOT_TEMPLATES):
+    pred_t = np.asarray(jnp.argmax(image_emb @ prompt_emb[:, t].T, -1))
+    print(f"  template {template!r}: top1 {np.mean(pred_t == labels):.3f}")
+  checkpointer.close()
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
