@@ -33,14 +33,9 @@ def main(workdir: str, step: int | None = None) -> None:
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
   step = checkpointer.latest_step() if step is None else step
   params = checkpointer.restore_state(step, abstract_state).params
-  data = task._eval_data()  # pylint: disable=protected-access
-  templates = data["num_templates"]
-  prompt_emb = task.embed(params, data["prompt_tokens"], "encode_text", mesh)
-  prompt_emb = prompt_emb.reshape(-1, templates, prompt_emb.shape[-1])
-  class_emb = prompt_emb.mean(1)
-  class_emb = class_emb / jnp.linalg.norm(class_emb, axis=-1, keepdims=True)
-  image_emb = task.embed(params, data["single"]["image"], "encode_image", mesh)
-  labels = data["single"]["label"]
+  zero_shot = task.zero_shot_embeddings(params, mesh)
+  prompt_emb, class_emb = zero_shot["prompt_emb"], zero_shot["class_emb"]
+  image_emb, labels = zero_shot["image_emb"], zero_shot["labels"]
   pred = np.asarray(jnp.argmax(image_emb @ class_emb.T, -1))
   shapes = len(shapeworld.SHAPES)
   print(f"step {step}: top1 over all 48 classes {np.mean(pred == labels):.3f}  "

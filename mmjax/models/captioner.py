@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn import initializers
+from mmjax.nn.text import embed_tokens
 from mmjax.nn.transformer import Transformer, dense
 from mmjax.nn.vit import VisionTransformer
 
@@ -76,18 +76,8 @@ class TextDecoder(nn.Module):
       raise ValueError(f"tokens must be int [B, T], got shape {tokens.shape}")
     if self.decode and positions is None:
       raise ValueError("a decode=True TextDecoder needs positions int [B, T]")
-    embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     embedding_init=nn.with_logical_partitioning(initializers.embedding,
-                                                                 ("vocab", "embed")),
-                     name="token_embed")
-    pos_embed = self.param("pos_embed", nn.with_logical_partitioning(initializers.embedding,
-                                                                     (None, "embed")),
-                           (self.max_length, self.width), self.param_dtype)
-    if positions is None:
-      pos = pos_embed[:tokens.shape[1]][None]
-    else:
-      pos = jnp.take(pos_embed, positions, axis=0, mode="clip")
-    x = embed(tokens) + pos.astype(self.dtype)
+    x = embed_tokens(self, tokens, vocab_size=self.vocab_size, width=self.width,
+                     max_length=self.max_length, positions=positions)
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                     cross_attention=self.cross_attention, dtype=self.dtype,
                     param_dtype=self.param_dtype, attention_impl=self.attention_impl,

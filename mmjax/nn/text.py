@@ -15,6 +15,32 @@ from mmjax.nn.transformer import Transformer
 Dtype = Any
 
 
+def embed_tokens(module: nn.Module, tokens: jax.Array, *, vocab_size: int, width: int,
+                 max_length: int, positions: jax.Array | None = None) -> jax.Array:
+  """Token + learned absolute position embeddings, created inside `module`'s compact call.
+
+  Args:
+    module: the calling module; it gets the params "token_embed" `[V, width]` and
+      "pos_embed" `[max_length, width]`.
+    tokens: int `[B, T]`, T <= max_length.
+    positions: int `[B, T]` absolute positions (decoding); default 0..T-1.
+  Returns:
+    `[B, T, width]` in `module.dtype`.
+  """
+  embed = nn.Embed(vocab_size, width, dtype=module.dtype, param_dtype=module.param_dtype,
+                   embedding_init=nn.with_logical_partitioning(initializers.embedding,
+                                                               ("vocab", "embed")),
+                   parent=module, name="token_embed")
+  pos_embed = module.param("pos_embed", nn.with_logical_partitioning(initializers.embedding,
+                                                                     (None, "embed")),
+                           (max_length, width), module.param_dtype)
+  if positions is None:
+    pos = pos_embed[:tokens.shape[1]][None]
+  else:
+    pos = jnp.take(pos_embed, positions, axis=0, mode="clip")
+  return embed(tokens) + pos.astype(module.dtype)
+
+
 class TextTransformer(nn.Module):
   """Token + position embeddings -> transformer -> per-token features and a pooled vector.
 
@@ -51,14 +77,8 @@ class TextTransformer(nn.Module):
     length = tokens.shape[1]
     if length > self.context_length:
       raise ValueError(f"text has {length} tokens, more than context_length={self.context_length}")
-    embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     embedding_init=nn.with_logical_partitioning(initializers.embedding,
-                                                                 ("vocab", "embed")),
-                     name="token_embed")
-    pos = self.param("pos_embed", nn.with_logical_partitioning(initializers.embedding,
-                                                               (None, "embed")),
-                     (self.context_length, self.width), self.param_dtype)
-    x = embed(tokens) + pos[:length].astype(self.dtype)
+    x = embed_tokens(self, tokens, vocab_size=self.vocab_size, width=self.width,
+                     max_length=self.context_length)
     valid = tokens != self.pad_id
     mask = None if self.causal else make_padding_mask(valid, valid)
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),

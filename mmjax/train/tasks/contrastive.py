@@ -196,16 +196,28 @@ class ContrastiveTask(Task):
       outs.append(fn(params, placed)[:len(part)])
     return jnp.concatenate(outs)
 
+  def zero_shot_embeddings(self, params, mesh: Mesh) -> dict[str, Any]:
+    """Embeddings of the zero-shot evaluation.
+
+    Returns:
+      prompt_emb `[C, T, E]` (class x template), class_emb `[C, E]` (template mean,
+      renormalised: CLIP's recipe), image_emb `[N, E]` of the single-object test images and
+      their labels int `[N]` (host).
+    """
+    data = self._eval_data()
+    prompt_emb = self.embed(params, data["prompt_tokens"], "encode_text", mesh)
+    prompt_emb = prompt_emb.reshape(-1, data["num_templates"], prompt_emb.shape[-1])
+    class_emb = prompt_emb.mean(1)
+    class_emb = class_emb / jnp.linalg.norm(class_emb, axis=-1, keepdims=True)
+    image_emb = self.embed(params, data["single"]["image"], "encode_image", mesh)
+    return dict(prompt_emb=prompt_emb, class_emb=class_emb, image_emb=image_emb,
+                labels=data["single"]["label"])
+
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
     data = self._eval_data()
-    # Zero-shot: average each class's template embeddings, then renormalise (CLIP's recipe).
-    prompt_emb = self.embed(params, data["prompt_tokens"], "encode_text", mesh)
-    class_emb = prompt_emb.reshape(-1, data["num_templates"], prompt_emb.shape[-1]).mean(1)
-    class_emb = class_emb / jnp.linalg.norm(class_emb, axis=-1, keepdims=True)
-    single = data["single"]
-    image_emb = self.embed(params, single["image"], "encode_image", mesh)
-    logits = image_emb @ class_emb.T
-    labels = single["label"]
+    zero_shot = self.zero_shot_embeddings(params, mesh)
+    logits = zero_shot["image_emb"] @ zero_shot["class_emb"].T
+    labels = zero_shot["labels"]
     is_heldout = data["heldout"][labels]
     results = {}
     for name, rows in (("zeroshot_top1", ~is_heldout), ("zeroshot_top1_heldout", is_heldout)):
