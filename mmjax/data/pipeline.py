@@ -96,7 +96,7 @@ class _HostRows(grain.MapDataset):
 
 
 class _LoadExample:
-  """Stream (position, source index) -> {"image" float32 [H,W,3], "text" [L], "label" []}."""
+  """(stream position, source index) -> {"image" float32 [H,W,3], "text" [L], "label" []}."""
 
   def __init__(self, source, tokenizer: Tokenizer, context_length: int, seed: int,
                caption_choice: str, image_shape):
@@ -104,9 +104,7 @@ class _LoadExample:
     self.seed, self.caption_choice, self.image_shape = seed, caption_choice, image_shape
     self.epoch_length = len(source)
 
-  def __call__(self, position_and_index):
-    position, index = position_and_index
-    index = int(index)
+  def __call__(self, position: int, index: int):
     item = self.source[index]
     image = check_image(item.get("image"), index, self.image_shape)
     captions = _captions(item, index)
@@ -119,6 +117,54 @@ class _LoadExample:
     text = self.tokenizer.encode_batch([caption], self.context_length)[0]
     return {"image": image.astype(np.float32) / np.float32(255), "text": text,
             "label": np.int32(item.get("label", -1))}
+
+
+def example_batches(source, load_example, *, batch_size: int, seed: int, shuffle: bool = True,
+                    num_epochs: int | None = None, process_index: int = 0,
+                    process_count: int = 1, num_threads: int = 2,
+                    prefetch_batches: int = 4) -> grain.IterDataset:
+  """Per-host batches of `load_example(position, index)` dicts, in the stream order above.
+
+  Any task plugs its own example loader into the same shuffling, per-host slicing, batching and
+  checkpointable iterator state. `load_example` must be a pure function of (stream position k,
+  source index i), so a restored iterator reproduces the same batches.
+
+  Args:
+    source: random-access source (`len`, `[i]`).
+    load_example: callable (position: int, index: int) -> dict of numpy arrays of fixed shapes.
+    batch_size: rows per batch ON THIS HOST (b); the global batch is `process_count * b`.
+    seed: shuffle seed. shuffle: reshuffle each epoch or keep source order.
+    num_epochs: None repeats forever.
+    process_index, process_count: this host and the number of hosts.
+    num_threads, prefetch_batches: Grain read threads and batches buffered ahead.
+
+  Returns:
+    IterDataset yielding dicts of `[b, ...]` arrays, with `get_state()` / `set_state()`.
+  """
+  batch_size, process_index, process_count = (
+      operator.index(batch_size), operator.index(process_index), operator.index(process_count))
+  if batch_size < 1:
+    raise ValueError(f"batch_size (per host) must be >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, process_count={process_count}), "
+                     f"got {process_index}")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
+  if len(source) == 0:
+    raise ValueError(f"source {source!r} is empty")
+  global_batch = batch_size * process_count
+  if num_epochs is not None and len(source) * num_epochs < global_batch:
+    raise ValueError(f"{num_epochs} epoch(s) of {len(source)} examples give no full global batch "
+                     f"of {global_batch} (= {process_count} hosts x {batch_size})")
+  indices = grain.MapDataset.source(range(len(source)))
+  if shuffle:
+    indices = indices.shuffle(seed=seed)
+  indices = indices.repeat(num_epochs)
+  rows = _HostRows(indices, batch_size, process_index, process_count)
+  batches = rows.map(lambda pair: load_example(pair[0], int(pair[1])))
+  batches = batches.batch(batch_size, drop_remainder=True)
+  return batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=prefetch_batches))
 
 
 def image_text_batches(source, tokenizer: Tokenizer, *, batch_size: int, context_length: int,
@@ -148,31 +194,14 @@ def image_text_batches(source, tokenizer: Tokenizer, *, batch_size: int, context
   """
   if caption_choice not in ("random", "first"):
     raise ValueError(f"caption_choice must be 'random' or 'first', got {caption_choice!r}")
-  batch_size, process_index, process_count = (
-      operator.index(batch_size), operator.index(process_index), operator.index(process_count))
-  if batch_size < 1:
-    raise ValueError(f"batch_size (per host) must be >= 1, got {batch_size}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, process_count={process_count}), "
-                     f"got {process_index}")
-  if num_epochs is not None and num_epochs < 1:
-    raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
   if len(source) == 0:
     raise ValueError(f"source {source!r} is empty")
-  global_batch = batch_size * process_count
-  if num_epochs is not None and len(source) * num_epochs < global_batch:
-    raise ValueError(f"{num_epochs} epoch(s) of {len(source)} examples give no full global batch "
-                     f"of {global_batch} (= {process_count} hosts x {batch_size})")
-  image_shape = _image_shape(source)
-  indices = grain.MapDataset.source(range(len(source)))
-  if shuffle:
-    indices = indices.shuffle(seed=seed)
-  indices = indices.repeat(num_epochs)
-  rows = _HostRows(indices, batch_size, process_index, process_count)
-  load = _LoadExample(source, tokenizer, context_length, seed, caption_choice, image_shape)
-  batches = rows.map(load).batch(batch_size, drop_remainder=True)
-  return batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch_batches))
+  load = _LoadExample(source, tokenizer, context_length, seed, caption_choice,
+                      _image_shape(source))
+  return example_batches(source, load, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                         num_epochs=num_epochs, process_index=process_index,
+                         process_count=process_count, num_threads=num_threads,
+                         prefetch_batches=prefetch_batches)
 
 
 def eval_arrays(source, tokenizer: Tokenizer, context_length: int, n: int) -> dict[str, Any]:

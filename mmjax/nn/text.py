@@ -49,6 +49,8 @@ class TextTransformer(nn.Module):
       non-padding tokens (BERT-style encoders).
     pool: "eos" (feature at the first `eos_id`, as CLIP), "first" (BOS/[CLS] position) or
       "mean" (mean over non-padding tokens).
+    cross_attention: every block also cross-attends to a `context` (e.g. image tokens): the
+      image-grounded text encoder of BLIP's ITM head, VQA and grounding fusion.
   """
   vocab_size: int
   context_length: int
@@ -65,11 +67,17 @@ class TextTransformer(nn.Module):
   attention_impl: str = "einsum"
   remat: bool = False
   gelu_approximate: bool = True
+  cross_attention: bool = False
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, tokens: jax.Array, context: jax.Array | None = None,
+               context_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Encodes token ids `[B, L]` (L <= context_length).
 
+    Args:
+      tokens: int `[B, L]`.
+      context: `[B, S, Dc]` tokens to cross-attend to; required iff `cross_attention`.
+      context_valid: optional bool `[B, S]`, False at context tokens to ignore.
     Returns:
       features `[B, L, width]` and pooled `[B, width]`.
     """
@@ -79,13 +87,22 @@ class TextTransformer(nn.Module):
       raise ValueError(f"text has {length} tokens, more than context_length={self.context_length}")
     x = embed_tokens(self, tokens, vocab_size=self.vocab_size, width=self.width,
                      max_length=self.context_length)
+    if self.cross_attention != (context is not None):
+      raise ValueError(f"cross_attention={self.cross_attention} but context is "
+                       f"{'missing' if context is None else 'given'}")
+    if context is not None and (context.ndim != 3 or context.shape[0] != tokens.shape[0]):
+      raise ValueError(f"context must be [B={tokens.shape[0]}, S, D], got shape {context.shape}")
     valid = tokens != self.pad_id
     mask = None if self.causal else make_padding_mask(valid, valid)
+    context_mask = None
+    if context_valid is not None:
+      context_mask = make_padding_mask(jnp.ones_like(valid), context_valid)
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
-                    dtype=self.dtype, param_dtype=self.param_dtype,
-                    attention_impl=self.attention_impl, remat=self.remat,
-                    gelu_approximate=self.gelu_approximate,
-                    name="transformer")(x, mask=mask, causal=self.causal)
+                    cross_attention=self.cross_attention, dtype=self.dtype,
+                    param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+                    remat=self.remat, gelu_approximate=self.gelu_approximate,
+                    name="transformer")(x, context, mask=mask, context_mask=context_mask,
+                                        causal=self.causal)
     if self.pool == "eos":
       # Rows without an EOS (over-long, truncated text) fall back to the last position.
       has_eos = (tokens == self.eos_id).any(axis=1)

@@ -193,3 +193,24 @@ def test_grain_checkpoint_handler_round_trip(tmp_path):
   for x, y in zip(expected, [next(restored) for _ in range(3)]):
     np.testing.assert_array_equal(x["label"], y["label"])
     np.testing.assert_array_equal(x["text"], y["text"])
+
+
+def test_example_batches_use_any_loader_with_the_same_stream_and_state():
+  """A task's own loader sees the same (position, index) stream as the image-text batches."""
+  src = IndexSource(10)
+  seen = lambda position, index: {"position": np.int64(position), "index": np.int32(index)}
+  custom = pipeline.example_batches(src, seen, batch_size=4, seed=3, process_index=1,
+                                    process_count=2)
+  reference = batches(src, seed=3, process_index=1, process_count=2)
+  it = iter(custom)
+  first = [next(it) for _ in range(3)]
+  for j, (mine, theirs) in enumerate(zip(first, take(reference, 3))):
+    np.testing.assert_array_equal(mine["index"], theirs["label"])
+    # Host 1 of 2 holds stream positions j*8 + 4 .. j*8 + 7 of global batch j.
+    np.testing.assert_array_equal(mine["position"], j * 8 + 4 + np.arange(4))
+  state = it.get_state()
+  after = next(it)
+  restored = iter(pipeline.example_batches(src, seen, batch_size=4, seed=3, process_index=1,
+                                           process_count=2))
+  restored.set_state(state)
+  np.testing.assert_array_equal(next(restored)["index"], after["index"])
