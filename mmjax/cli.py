@@ -1,4 +1,4 @@
-"""`mmjax train|eval ...`: the command-line entry point."""
+"""`mmjax train|eval|sample ...`: the command-line entry point."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,20 @@ def _parse(argv):
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host runs)")
+  p = sub.add_parser("sample", help="write a PNG grid of samples from the latest checkpoint",
+                     epilog="Defaults for --steps/--guidance/--sampler/--seed come from the "
+                            "config's `sample` section; --config.KEY=VALUE overrides apply.")
+  p.add_argument("--config", required=True, help="path to a configs/*.py file")
+  p.add_argument("--workdir", required=True, help="directory holding checkpoints/")
+  p.add_argument("--prompt", action="append", required=True,
+                 help="a caption; repeat for several (one grid row each)")
+  p.add_argument("--num-samples", type=int, default=4, help="samples per prompt (grid columns)")
+  p.add_argument("--steps", type=int, default=None, help="sampler steps (default: config)")
+  p.add_argument("--guidance", type=float, default=None,
+                 help="classifier-free guidance scale (default: config)")
+  p.add_argument("--sampler", default=None, help="ddim or dpmpp_2m (default: config)")
+  p.add_argument("--seed", type=int, default=None, help="noise seed (default: config)")
+  p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples_cli.png)")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -42,6 +56,32 @@ def print_table(metrics: dict[str, float]) -> None:
   print("-" * (width + 12))
 
 
+def sample_checkpoint(config, workdir: pathlib.Path, args) -> pathlib.Path:
+  """Restores the latest checkpoint of `workdir` and writes the task's sample grid PNG."""
+  import jax
+  from mmjax.train.tasks import get_task_class
+  from mmjax.train.trainer import restore_params
+  task_class = get_task_class(config.task)
+  if not hasattr(task_class, "sample"):
+    raise ValueError(f"task {config.task!r} cannot sample (it has no `sample` method); "
+                     "`mmjax sample` needs a generative task such as 'diffusion'")
+  defaults = config.get("sample") or {}
+  options = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed)
+  options = {k: defaults.get(k) if v is None else v for k, v in options.items()}
+  missing = sorted(k for k, v in options.items() if v is None)
+  if missing:
+    raise ValueError(f"give --{' --'.join(missing)} (the config has no sample defaults for them)")
+  if args.num_samples < 1:
+    raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+  run = restore_params(config, workdir)
+  images = run.task.sample(run.params, args.prompt, num_samples=args.num_samples, **options)
+  out = pathlib.Path(args.out) if args.out else workdir / "samples_cli.png"
+  if jax.process_index() == 0:
+    from mmjax.train.tasks.diffusion import save_image_grid
+    save_image_grid(out, images, columns=args.num_samples, zoom=int(defaults.get("zoom", 1)))
+  return out
+
+
 def main(argv=None) -> int:
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
   from mmjax.train.config import apply_overrides, load_config
@@ -51,9 +91,18 @@ def main(argv=None) -> int:
     print(f"mmjax: error: {e}", file=sys.stderr)
     return 2
   import jax
-  if args.distributed:
+  if getattr(args, "distributed", False):
     jax.distributed.initialize()
   workdir = pathlib.Path(args.workdir)
+  if args.command == "sample":
+    try:
+      path = sample_checkpoint(config, workdir, args)
+    except (ValueError, FileNotFoundError) as e:
+      print(f"mmjax: error: {e}", file=sys.stderr)
+      return 2
+    if jax.process_index() == 0:
+      print(f"wrote {path} (rows: {'; '.join(args.prompt)})")
+    return 0
   if args.command == "train":
     from mmjax.train.trainer import train
     if jax.process_index() == 0:
@@ -63,7 +112,11 @@ def main(argv=None) -> int:
       print_table(result.eval_metrics)
     return 143 if result.preempted else 0
   from mmjax.train.trainer import evaluate_checkpoint
-  metrics = evaluate_checkpoint(config, workdir)
+  try:
+    metrics = evaluate_checkpoint(config, workdir)
+  except FileNotFoundError as e:
+    print(f"mmjax: error: {e}", file=sys.stderr)
+    return 2
   if jax.process_index() == 0:
     print_table(metrics)
   return 0

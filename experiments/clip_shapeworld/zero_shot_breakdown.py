@@ -15,24 +15,14 @@ import ml_collections
 import numpy as np
 
 from mmjax.data import shapeworld
-from mmjax.train import sharding
-from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.optim import make_optimizer
-from mmjax.train.tasks import get_task_class
-from mmjax.train.trainer import build_state
+from mmjax.train.trainer import restore_params
 
 
 def main(workdir: str, step: int | None = None) -> None:
   workdir = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  mesh = sharding.make_mesh(config.mesh.to_dict())
-  task = get_task_class(config.task)(config)
-  task.set_mesh(mesh)
-  tx, _ = make_optimizer(config.optim, config.total_steps)
-  _, abstract_state, _ = build_state(task, tx, config, mesh)
-  checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  step = checkpointer.latest_step() if step is None else step
-  params = checkpointer.restore_state(step, abstract_state).params
+  run = restore_params(config, workdir, step=step)
+  step, task, params, mesh = run.step, run.task, run.params, run.mesh
   zero_shot = task.zero_shot_embeddings(params, mesh)
   prompt_emb, class_emb = zero_shot["prompt_emb"], zero_shot["class_emb"]
   image_emb, labels = zero_shot["image_emb"], zero_shot["labels"]
@@ -44,7 +34,6 @@ def main(workdir: str, step: int | None = None) -> None:
   for t, template in enumerate(shapeworld.ZERO_SHOT_TEMPLATES):
     pred_t = np.asarray(jnp.argmax(image_emb @ prompt_emb[:, t].T, -1))
     print(f"  template {template!r}: top1 {np.mean(pred_t == labels):.3f}")
-  checkpointer.close()
 
 
 if __name__ == "__main__":

@@ -207,20 +207,45 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   return TrainResult(step=step, eval_metrics=eval_metrics, preempted=preempted, state=state)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                        *, devices=None) -> dict[str, float]:
-  """Evaluates the latest checkpoint in `workdir` with the task's `evaluate`."""
+@dataclasses.dataclass
+class RestoredRun:
+  """A trained run loaded back from its workdir: the task, its mesh, the params and the step."""
+  task: Any
+  mesh: jax.sharding.Mesh
+  params: Any
+  step: int
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                   step: int | None = None, devices=None) -> RestoredRun:
+  """Restores the params of checkpoint `step` (default: the latest) of the run in `workdir`.
+
+  Raises FileNotFoundError (creating nothing on disk) if `workdir` has no checkpoint.
+  """
   workdir = pathlib.Path(workdir)
+  directory = workdir / "checkpoints"
+  if not directory.is_dir():  # Checkpointer would create it: check first.
+    raise FileNotFoundError(f"no checkpoint in {directory} (no such directory); train first "
+                            f"with `mmjax train --workdir {workdir}`")
   mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
   task = get_task_class(config.task)(config)
   task.set_mesh(mesh)
   tx, _ = make_optimizer(config.optim, config.total_steps)
   _, abstract_state, _ = build_state(task, tx, config, mesh)
-  checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-  state = checkpointer.restore_state(step, abstract_state)
-  metrics = {"step": float(step), **task.evaluate(state.params, mesh)}
-  checkpointer.close()
-  return metrics
+  checkpointer = Checkpointer(directory, keep=config.keep_checkpoints)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first with "
+                              f"`mmjax train --workdir {workdir}`")
+    state = checkpointer.restore_state(step, abstract_state)
+  finally:
+    checkpointer.close()
+  return RestoredRun(task=task, mesh=mesh, params=state.params, step=int(step))
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                        *, devices=None) -> dict[str, float]:
+  """Evaluates the latest checkpoint in `workdir` with the task's `evaluate`."""
+  run = restore_params(config, workdir, devices=devices)
+  return {"step": float(run.step), **run.task.evaluate(run.params, run.mesh)}

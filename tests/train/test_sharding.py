@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from mmjax.train import sharding
 from mmjax.train.logging import read_jsonl
+from mmjax.train.tasks.contrastive import ContrastiveTask
 from mmjax.train.trainer import train
 
 from conftest import tiny_config
@@ -31,17 +32,25 @@ def _losses(workdir):
   return np.array([r["loss"] for r in read_jsonl(workdir / "train.jsonl")])
 
 
+def _train_without_eval(config, workdir, **kw):
+  """`train` with evaluation and end-of-run plots skipped: these tests compare training only,
+  and each skipped eval saves compiling the embedding functions for one more mesh."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(ContrastiveTask, "evaluate", lambda self, params, mesh: {})
+    patch.setattr(ContrastiveTask, "write_artifacts", lambda self, params, mesh, workdir: [])
+    return train(config, workdir, progress=False, **kw)
+
+
 def test_mesh_shapes_give_the_same_loss_trajectory(tmp_path):
   assert len(jax.devices()) == 8, "tests/conftest.py should give 8 CPU devices"
-  reference = train(tiny_config("mesh.data=1"), tmp_path / "one", devices=jax.devices()[:1],
-                    progress=False)
+  _train_without_eval(tiny_config("mesh.data=1"), tmp_path / "one", devices=jax.devices()[:1])
   expected = _losses(tmp_path / "one")
   assert len(expected) == 6 and np.all(np.isfinite(expected))
   assert expected[-1] < expected[0]
   for data, fsdp, tensor in ((8, 1, 1), (4, 2, 1), (2, 2, 2)):
     workdir = tmp_path / f"mesh_{data}{fsdp}{tensor}"
-    result = train(tiny_config(f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"),
-                   workdir, progress=False)
+    result = _train_without_eval(
+        tiny_config(f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"), workdir)
     np.testing.assert_allclose(_losses(workdir), expected, rtol=1e-4,
                                err_msg=f"mesh ({data},{fsdp},{tensor})")
     if fsdp * tensor > 1:
@@ -55,17 +64,26 @@ def test_mesh_shapes_give_the_same_loss_trajectory(tmp_path):
     assert mu, "expected an Adam state with moments"
 
 
+LOSS_TEST_STEPS = ("total_steps=3", "mesh.data=8")
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+  """The plain-loss 8-device run every loss option is compared with (trained once)."""
+  workdir = tmp_path_factory.mktemp("plain")
+  return workdir, _train_without_eval(tiny_config(*LOSS_TEST_STEPS), workdir)
+
+
 @pytest.mark.parametrize("options", [
     ("loss.block_size=5",),                       # blockwise, ragged last block
     ("loss.sharded=True", "loss.block_size=3"),   # ring over the 8 batch devices
     ("grad_cache_chunks=4",),                     # GradCache
     ("grad_cache_chunks=2", "loss.sharded=True"),
 ])
-def test_loss_options_match_the_plain_loss(tmp_path, options):
-  steps = ("total_steps=3", "mesh.data=8")
-  plain = train(tiny_config(*steps), tmp_path / "plain", progress=False)
-  other = train(tiny_config(*steps, *options), tmp_path / "other", progress=False)
-  np.testing.assert_allclose(_losses(tmp_path / "other"), _losses(tmp_path / "plain"), rtol=2e-5)
+def test_loss_options_match_the_plain_loss(tmp_path, plain_run, options):
+  plain_dir, plain = plain_run
+  other = _train_without_eval(tiny_config(*LOSS_TEST_STEPS, *options), tmp_path / "other")
+  np.testing.assert_allclose(_losses(tmp_path / "other"), _losses(plain_dir), rtol=2e-5)
   for a, b in zip(jax.tree.leaves(plain.state.params), jax.tree.leaves(other.state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
@@ -73,6 +91,6 @@ def test_loss_options_match_the_plain_loss(tmp_path, options):
 def test_siglip_sharded_matches_plain(tmp_path):
   steps = ("total_steps=3", "mesh.data=8", "loss.kind=siglip", "model.logit_bias_init=-10.0",
            "model.logit_scale_init=2.302585")
-  train(tiny_config(*steps), tmp_path / "plain", progress=False)
-  train(tiny_config(*steps, "loss.sharded=True"), tmp_path / "ring", progress=False)
+  _train_without_eval(tiny_config(*steps), tmp_path / "plain")
+  _train_without_eval(tiny_config(*steps, "loss.sharded=True"), tmp_path / "ring")
   np.testing.assert_allclose(_losses(tmp_path / "ring"), _losses(tmp_path / "plain"), rtol=2e-5)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mmjax.train.logging import read_jsonl
-from mmjax.train.trainer import NonFiniteLossError, train
+from mmjax import cli
+from mmjax.train.trainer import NonFiniteLossError, evaluate_checkpoint, train
 
 from conftest import CONFIG, ROOT, TINY, tiny_config
 
@@ -32,6 +33,18 @@ def test_run_writes_metrics_checkpoints_and_plots(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
   assert (tmp_path / "loss.png").stat().st_size > 1000
   assert (tmp_path / "retrieval.png").stat().st_size > 1000
+  # Restoring the last checkpoint reproduces the last evaluation.
+  restored = evaluate_checkpoint(tiny_config(), tmp_path, devices=jax.devices()[:2])
+  assert restored.pop("step") == 6
+  for key, value in restored.items():
+    np.testing.assert_allclose(value, result.eval_metrics[key], rtol=1e-5, err_msg=key)
+
+
+def test_eval_of_a_workdir_without_checkpoints_fails_clearly_and_writes_nothing(tmp_path, capsys):
+  empty = tmp_path / "never_trained"
+  code = cli.main(["eval", "--config", str(CONFIG), "--workdir", str(empty)])
+  assert code == 2 and "no checkpoint in" in capsys.readouterr().err
+  assert not empty.exists()
 
 
 def _params(state):
