@@ -1,6 +1,8 @@
-"""A tiny CLIP config shared by the trainer tests (seconds per run on CPU)."""
+"""Tiny configs shared by the trainer tests (seconds per run on CPU), and one tiny trained
+autoencoder run shared by the autoencoder and latent-diffusion tests."""
 import pathlib
 
+import jax
 import pytest
 
 from mmjax.train.config import apply_overrides, load_config
@@ -26,3 +28,29 @@ def tiny_config(*extra):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+AUTOENCODER_TINY = [
+    "batch_size=8", "total_steps=3", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
+    "data.image_size=16", "model.channels=(4,8)", "model.num_groups=4", "model.mid_attention=False",
+    "optim.warmup_steps=1", "optim.learning_rate=0.003", "eval.num_images=8",
+    "artifacts.num_images=4", "artifacts.zoom=1",
+]
+
+
+def tiny_autoencoder_config(*extra):
+  return apply_overrides(load_config(ROOT / "configs" / "autoencoder_shapeworld.py"),
+                         AUTOENCODER_TINY + list(extra))
+
+
+@pytest.fixture(scope="session")
+def trained_autoencoder(tmp_path_factory):
+  """(config, workdir, TrainResult) of 3 tiny autoencoder steps, with config.json as `mmjax
+  train` writes it (latent diffusion reads the run back from its workdir)."""
+  from mmjax import cli
+  from mmjax.train.trainer import train
+  workdir = tmp_path_factory.mktemp("autoencoder")
+  config = tiny_autoencoder_config()
+  result = train(config, workdir, devices=jax.devices()[:1], progress=False)
+  cli._save_config(config, workdir)
+  return config, workdir, result

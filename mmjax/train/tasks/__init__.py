@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 _TASKS = {
+    "autoencoder": "mmjax.train.tasks.autoencoder:AutoencoderTask",
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
 }
 
