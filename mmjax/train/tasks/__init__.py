@@ -6,6 +6,7 @@ import importlib
 _TASKS = {
     "autoencoder": "mmjax.train.tasks.autoencoder:AutoencoderTask",
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
+    "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
 }
 
 

@@ -1,0 +1,357 @@
+"""Text-to-image diffusion training (a text-conditioned UNet denoiser) on ShapeWorld.
+
+The model is a `UNet` that cross-attends to the per-token outputs of a `TextTransformer`
+trained jointly with it, plus a learned null context used for classifier-free guidance: with
+probability `diffusion.cfg_dropout` an example's text context is replaced by it in training.
+
+With an `autoencoder` config section naming a trained autoencoder run (`autoencoder.workdir`),
+the same task is Stable-Diffusion-style latent diffusion: the UNet denoises the frozen
+autoencoder's scaled latents and samples are decoded back to images (`diffusion_spaces`).
+
+`evaluate` is deliberately cheap: the denoising loss on a fixed held-out batch at a few fixed
+times with fixed noise (deterministic, comparable across steps). CLIP-judged prompt accuracy
+and FID of samples are heavier and belong to an experiment script, not to the training loop.
+"""
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax import diffusion
+from mmjax.diffusion import parameterization
+from mmjax.data import pipeline, shapeworld
+from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.nn.text import TextTransformer
+from mmjax.nn.unet import UNet
+from mmjax.train import sharding
+from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.diffusion_spaces import PixelSpace, load_latent_space
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SCHEDULES = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule,
+             "scaled_linear": diffusion.scaled_linear_schedule}
+
+
+class TextToImageDenoiser(nn.Module):
+  """UNet denoiser conditioned on text-encoder tokens, with a learned null context.
+
+  Attributes:
+    text: the text encoder; its per-token features `[B, L, Dt]` are the UNet's context.
+    unet: the denoiser; its `context_dim` must equal the text width Dt.
+  """
+  text: TextTransformer
+  unet: UNet
+
+  def setup(self):
+    self.null_context = self.param(
+        "null_context", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                     (None, "embed")),
+        (self.text.context_length, self.text.width), jnp.float32)
+
+  def encode_text(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Token ids `[B, L]` -> (context `[B, L, Dt]` float32, context_mask `[B, L]` bool)."""
+    features, _ = self.text(tokens)
+    return features.astype(jnp.float32), tokens != self.text.pad_id
+
+  def null_condition(self, length: int) -> tuple[jax.Array, jax.Array]:
+    """The unconditional context `[L, Dt]` and its all-True mask `[L]`."""
+    return self.null_context[:length], jnp.ones((length,), bool)
+
+  def denoise(self, x_t: jax.Array, t: jax.Array, context: jax.Array,
+              context_mask: jax.Array) -> jax.Array:
+    """`x_t [B, H, W, 3]`, `t [B]` -> model output `[B, H, W, 3]` float32."""
+    return self.unet(x_t, t, context=context, context_mask=context_mask)
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Conditional output for `tokens [B, L]` (touches every parameter, for `init`)."""
+    context, mask = self.encode_text(tokens)
+    self.null_condition(tokens.shape[1])
+    return self.denoise(x_t, t, context, mask)
+
+
+def build_denoiser(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, eos_id: int,
+                   context_length: int) -> TextToImageDenoiser:
+  """The denoiser from `config.model` (dtype, attention_impl, text tower, unet)."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+  dtype = DTYPES[config.dtype]
+  text = TextTransformer(vocab_size=vocab_size, context_length=context_length,
+                         width=config.text.width, num_layers=config.text.layers,
+                         num_heads=config.text.heads, mlp_ratio=config.text.mlp_ratio,
+                         pad_id=pad_id, eos_id=eos_id, dtype=dtype,
+                         attention_impl=config.attention_impl)
+  u = config.unet
+  unet = UNet(channels=tuple(u.channels), num_res_blocks=u.num_res_blocks,
+              attention_levels=tuple(u.attention_levels), mid_attention=u.mid_attention,
+              num_heads=u.num_heads, context_dim=config.text.width, num_groups=u.num_groups,
+              dropout_rate=u.dropout_rate, scale_shift=u.scale_shift, dtype=dtype,
+              attention_impl=config.attention_impl)
+  return TextToImageDenoiser(text=text, unet=unet)
+
+
+def build_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
+  """The noise schedule named by `config.schedule` ("cosine", "linear", "scaled_linear")."""
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"diffusion.schedule must be one of {sorted(SCHEDULES)}, got "
+                     f"{config.schedule!r}")
+  return SCHEDULES[config.schedule](config.num_train_steps, discrete=config.discrete)
+
+
+def save_image_grid(path: pathlib.Path, images: np.ndarray, columns: int, zoom: int = 1,
+                    padding: int = 2) -> pathlib.Path:
+  """Writes images `[N, H, W, 3]` in [0, 1] as a PNG grid of `columns` per row.
+
+  Each image is upscaled `zoom` times (nearest); the PNG is
+  `columns * (zoom W + padding) + padding` wide and `rows * (zoom H + padding) + padding` high.
+  """
+  from PIL import Image
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+    raise ValueError(f"images must be [N, H, W, 3] with N >= 1, got shape {images.shape}")
+  count, height, width, _ = images.shape
+  rows = -(-count // columns)
+  cell_h, cell_w = zoom * height + padding, zoom * width + padding
+  canvas = np.full((rows * cell_h + padding, columns * cell_w + padding, 3), 255, np.uint8)
+  pixels = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+  pixels = pixels.repeat(zoom, axis=1).repeat(zoom, axis=2)
+  for index, image in enumerate(pixels):
+    top = padding + (index // columns) * cell_h
+    left = padding + (index % columns) * cell_w
+    canvas[top:top + zoom * height, left:left + zoom * width] = image
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(canvas).save(path)
+  return path
+
+
+class DiffusionTask(Task):
+  """Text-to-image denoising (eps/v/x0 MSE, optional min-SNR) with condition dropout for CFG."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    self.tokenizer = shapeworld_tokenizer()
+    self._model = build_denoiser(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
+                                 self.tokenizer.eos_id, config.data.context_length)
+    self.schedule = build_schedule(config.diffusion)
+    cfg = config.diffusion
+    parameterization.check_prediction(cfg.prediction)
+    if not 0.0 <= cfg.cfg_dropout <= 1.0:
+      raise ValueError(f"diffusion.cfg_dropout must be in [0, 1], got {cfg.cfg_dropout}")
+    autoencoder = config.get("autoencoder")
+    if autoencoder is not None and autoencoder.workdir:
+      self.space = load_latent_space(autoencoder, config.data)
+    else:
+      self.space = PixelSpace(config.data.image_size)
+    self._eval_cache = None
+    self._samplers = {}
+    self._eval_fn = None
+
+  @property
+  def model(self) -> TextToImageDenoiser:
+    return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def _source(self, split: str, length: int):
+    data = self.config.data
+    if data.name != "shapeworld":
+      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
+    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
+                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+
+  def train_batches(self, process_index: int, process_count: int):
+    return iter(pipeline.image_text_batches(
+        self._source("train", self.config.data.train_length), self.tokenizer,
+        batch_size=self.config.batch_size // process_count,
+        context_length=self.config.data.context_length, seed=self.config.seed,
+        process_index=process_index, process_count=process_count))
+
+  def check_batch(self, batch, step: int) -> None:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    for key in ("image", "text"):
+      if key not in batch:
+        raise ValueError(f"batch at step {step} has no {key!r}; it has keys {sorted(batch)}")
+    image, text = batch["image"], batch["text"]
+    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
+      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
+                       f"[batch, {size}, {size}, 3] (data.image_size={size})")
+    if not np.issubdtype(image.dtype, np.floating):
+      raise ValueError(f"batch at step {step}: image has dtype {image.dtype}, expected float "
+                       "in [0, 1]")
+    if text.ndim != 2 or text.shape != (image.shape[0], length):
+      raise ValueError(f"batch at step {step}: text has shape {text.shape}, expected "
+                       f"[{image.shape[0]}, {length}] (data.context_length={length})")
+    if not np.issubdtype(text.dtype, np.integer):
+      raise ValueError(f"batch at step {step}: text has dtype {text.dtype}, expected int32 ids")
+    empty = np.flatnonzero((text != self.tokenizer.pad_id).sum(axis=1) == 0)
+    if empty.size:
+      raise ValueError(f"batch at step {step}: rows {empty[:8].tolist()} have empty text (all "
+                       "padding)")
+
+  # -- model ----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array) -> Any:
+    length = self.config.data.context_length
+    x = jnp.zeros((1,) + self.space.shape, jnp.float32)
+    tokens = jnp.zeros((1, length), jnp.int32).at[:, 0].set(self.tokenizer.bos_id)
+    return self._model.init(rng, x, jnp.ones((1,), jnp.float32), tokens)["params"]
+
+  def _apply(self, params, *args, method):
+    return self._model.apply({"params": params}, *args, method=method)
+
+  def _denoise_fn(self, params):
+    """`(x_t, t, context, context_mask) -> output`: the library's `denoise_fn` contract."""
+    def denoise_fn(x_t, t, context, context_mask):
+      return self._apply(params, x_t, t, context, context_mask,
+                         method=TextToImageDenoiser.denoise)
+    return denoise_fn
+
+  def _condition(self, params, tokens):
+    context, mask = self._apply(params, tokens, method=TextToImageDenoiser.encode_text)
+    null = self._apply(params, tokens.shape[1], method=TextToImageDenoiser.null_condition)
+    return {"context": context, "context_mask": mask}, {"context": null[0], "context_mask": null[1]}
+
+  def loss_fn(self, params, batch, rng):
+    cfg = self.config.diffusion
+    drop_key, time_key, noise_key, encode_key = jax.random.split(rng, 4)
+    x0 = self.space.encode(batch["image"], encode_key)
+    cond, null = self._condition(params, batch["text"])
+    cond, keep = diffusion.drop_condition(drop_key, cond, null, cfg.cfg_dropout)
+    t = diffusion.sample_train_times(time_key, x0.shape[0], self.schedule)
+    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    x_t = diffusion.q_sample(self.schedule, x0, t, noise)
+    output = self._denoise_fn(params)(x_t, t, **cond)
+    per_example = diffusion.denoising_loss(output, x0, noise, t, self.schedule,
+                                           prediction=cfg.prediction, reduce=False)
+    if cfg.min_snr_gamma is None:
+      loss = jnp.mean(per_example)
+    else:
+      weights = diffusion.min_snr_weight(self.schedule.log_snr(t), cfg.prediction,
+                                         cfg.min_snr_gamma)
+      loss = jnp.mean(per_example * weights)
+    return loss, {"mse": jnp.mean(per_example), "cond_fraction": jnp.mean(keep.astype(jnp.float32))}
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def _eval_data(self):
+    """A fixed held-out batch: images in [0, 1], first captions' tokens, fixed noise."""
+    if self._eval_cache is None:
+      cfg = self.config.eval
+      arrays = pipeline.eval_arrays(self._source("test", cfg.batch_size), self.tokenizer,
+                                    self.config.data.context_length, cfg.batch_size)
+      captions_per_image = len(arrays["text"]) // cfg.batch_size
+      noise = np.asarray(jax.random.normal(jax.random.key(cfg.seed),
+                                           (cfg.batch_size,) + self.space.shape, jnp.float32))
+      self._eval_cache = dict(image=arrays["image"],
+                              text=arrays["text"][::captions_per_image], noise=noise)
+    return self._eval_cache
+
+  def eval_losses(self, params, mesh: Mesh) -> jax.Array:
+    """Unweighted denoising MSE `[len(eval.times)]` on the fixed held-out batch."""
+    data = self._eval_data()
+    times = jnp.asarray(self.config.eval.times, jnp.float32)
+    if self._eval_fn is None:
+      prediction = self.config.diffusion.prediction
+
+      def losses(params, images, tokens, noise):
+        x0 = self.space.encode(images)
+        cond, _ = self._condition(params, tokens)
+        denoise = self._denoise_fn(params)
+
+        def at(time):
+          t = jnp.full((x0.shape[0],), time, jnp.float32)
+          x_t = diffusion.q_sample(self.schedule, x0, t, noise)
+          return diffusion.denoising_loss(denoise(x_t, t, **cond), x0, noise, t, self.schedule,
+                                          prediction=prediction)
+        return jax.lax.map(at, times)
+      self._eval_fn = jax.jit(losses)
+    placed = sharding.replicate_from_host((data["image"], data["text"], data["noise"]), mesh)
+    return self._eval_fn(params, *placed)
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    values = sharding.to_host(self.eval_losses(params, mesh))
+    results = {f"eval_mse_t{t:g}": float(v) for t, v in zip(self.config.eval.times, values)}
+    results["eval_mse"] = float(np.mean(values))
+    return results
+
+  # -- sampling -------------------------------------------------------------------------------
+
+  def sample(self, params, prompts: Sequence[str] | None, *, num_samples: int = 4,
+             steps: int = 20, guidance: float = 3.0, sampler: str = "dpmpp_2m",
+             seed: int = 0) -> np.ndarray:
+    """Generates `num_samples` images per prompt with classifier-free guidance.
+
+    Args:
+      params: the denoiser's parameters.
+      prompts: P captions, or None for `num_samples` unconditional images (null context).
+      guidance: CFG scale (0 = unconditional, 1 = conditional, > 1 guided).
+      sampler: one of `mmjax.diffusion.SAMPLERS` ("ddim", "dpmpp_2m", ...).
+      seed: the noise and sampler key; the same seed and shapes give the same x_T.
+    Returns:
+      float32 `[P * num_samples, H, W, 3]` in [0, 1], prompt-major.
+    """
+    if sampler not in diffusion.SAMPLERS:
+      raise ValueError(f"unknown sampler {sampler!r}, expected one of {diffusion.SAMPLERS}")
+    if int(num_samples) < 1 or int(steps) < 1:
+      raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
+    length = self.config.data.context_length
+    if prompts is None:
+      tokens = None
+    else:
+      if isinstance(prompts, str) or not len(prompts):
+        raise ValueError(f"prompts must be a non-empty list of str (or None), got {prompts!r}")
+      tokens = np.repeat(self.tokenizer.encode_batch(list(prompts), length), num_samples, axis=0)
+    count = num_samples * (1 if prompts is None else len(prompts))
+    key = (sampler, int(steps), tokens is None)
+    if key not in self._samplers:
+      self._samplers[key] = jax.jit(self._sample_fn(sampler, int(steps), tokens is None),
+                                    static_argnums=1)
+    images = self._samplers[key](params, count, tokens, jax.random.key(seed),
+                                 jnp.float32(guidance))
+    return np.asarray(sharding.to_host(images))
+
+  def _sample_fn(self, sampler: str, steps: int, unconditional: bool):
+    length = self.config.data.context_length
+    prediction = self.config.diffusion.prediction
+    # Clip x0 predictions to the data range in pixel space; latents are unbounded.
+    extra = ({"x0_transform": diffusion.static_thresholding(1.0)} if self.space.thresholding
+             else {})
+
+    def run(params, count, tokens, key, guidance):
+      noise_key, sampler_key = jax.random.split(key)
+      x_T = jax.random.normal(noise_key, (count,) + self.space.shape, jnp.float32)
+      denoise = self._denoise_fn(params)
+      null_context, null_mask = self._apply(params, length,
+                                            method=TextToImageDenoiser.null_condition)
+      if unconditional:
+        cond = {"context": jnp.broadcast_to(null_context, (count,) + null_context.shape),
+                "context_mask": jnp.broadcast_to(null_mask, (count, length))}
+      else:
+        cond, _ = self._condition(params, tokens)
+        denoise = diffusion.classifier_free_guidance(
+            denoise, guidance, uncond={"context": null_context, "context_mask": null_mask})
+      x0 = diffusion.sample(denoise, sampler_key, x_T, self.schedule, sampler=sampler,
+                            num_steps=steps, prediction=prediction, cond=cond, **extra)
+      return self.space.decode(x0)
+    return run
+
+  def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
+    from mmjax.train import plots
+    cfg = self.config.sample
+    images = self.sample(params, list(cfg.prompts), num_samples=cfg.num_per_prompt,
+                         steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
+                         seed=cfg.seed)
+    if jax.process_index() != 0:
+      return []
+    grid = save_image_grid(workdir / "samples.png", images, columns=cfg.num_per_prompt,
+                           zoom=cfg.zoom)
+    (workdir / "samples.txt").write_text("\n".join(cfg.prompts) + "\n")
+    return [plots.loss_curve(workdir), grid]
