@@ -13,7 +13,7 @@ batch G; batches may straddle epoch boundaries, and only a final partial global 
 `num_epochs`) is dropped.
 
 A row's caption is `captions[0]` ("first") or `captions[c]` with
-c = default_rng([seed, e, i]).integers(len(captions)) ("random"): deterministic per
+c = example_rng(seed, e, i, "caption").integers(len(captions)) ("random"): deterministic per
 (seed, epoch, index), so a restored iterator reproduces the same batches.
 
 Images come out float32 in [0, 1] (uint8 / 255); the model does any further normalisation.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 import sys
+import zlib
 from typing import Any
 
 import grain
@@ -95,6 +96,17 @@ class _HostRows(grain.MapDataset):
     return position, self._parent[position]
 
 
+def example_rng(seed: int, epoch: int, index: int, purpose: str) -> np.random.Generator:
+  """The generator for a per-example random choice (a caption, a question) in epoch `epoch`.
+
+  Deterministic in (seed, epoch, index, purpose). `purpose` names the choice and salts the
+  stream: unsalted, default_rng([seed, 0, index]) would be ShapeWorld's own generator of train
+  example `index` (split id 0), so in epoch 0 the choice would repeat the image's first draw
+  (e.g. its object count) instead of being independent of the image.
+  """
+  return np.random.default_rng([seed, epoch, index, zlib.crc32(purpose.encode())])
+
+
 class _LoadExample:
   """(stream position, source index) -> {"image" float32 [H,W,3], "text" [L], "label" []}."""
 
@@ -112,7 +124,7 @@ class _LoadExample:
       caption = captions[0]
     else:
       epoch = position // self.epoch_length
-      choice = np.random.default_rng([self.seed, epoch, index]).integers(len(captions))
+      choice = example_rng(self.seed, epoch, index, "caption").integers(len(captions))
       caption = captions[choice]
     text = self.tokenizer.encode_batch([caption], self.context_length)[0]
     return {"image": image.astype(np.float32) / np.float32(255), "text": text,

@@ -76,10 +76,30 @@ def test_random_caption_follows_the_documented_rule():
   for position, (label, text) in enumerate(
       (l, t) for b in out for l, t in zip(b["label"], b["text"])):
     epoch = position // n
-    choice = np.random.default_rng([seed, epoch, int(label)]).integers(len(CAPTIONS))
+    choice = pipeline.example_rng(seed, epoch, int(label), "caption").integers(len(CAPTIONS))
     assert TOK.decode(text) == CAPTIONS[choice]
   chosen = {TOK.decode(t) for b in out for t in b["text"]}
   assert len(chosen) > 2
+
+
+def test_caption_choice_is_independent_of_the_image():
+  """Same seed for data and pipeline (the configs' default): the choice must not follow
+  ShapeWorld's own draws for the example (it once did: default_rng([seed, 0, i]) is both)."""
+  source = sw.ShapeWorld(split="train", length=600, seed=0, image_size=16, num_objects=(1, 3))
+  counts = np.array([source[i]["num_objects"] for i in range(len(source))])
+  choices = np.array([pipeline.example_rng(0, 0, i, "caption").integers(5)
+                      for i in range(len(source))])
+  assert _chi_square(counts, choices) < 26.1  # 8 degrees of freedom, p = 0.001
+  # The unsalted stream (the bug this guards against) fails the same check by far (~866).
+  unsalted = np.array([np.random.default_rng([0, 0, i]).integers(5) for i in range(len(source))])
+  assert _chi_square(counts, unsalted) > 200
+
+
+def _chi_square(counts, choices):
+  """Pearson's chi-square statistic of the object count x choice contingency table."""
+  table = np.array([[np.sum((counts == c) & (choices == k)) for k in range(5)] for c in (1, 2, 3)])
+  expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+  return ((table - expected) ** 2 / expected).sum()
 
 
 def test_deterministic_and_seed_dependent():
