@@ -1,0 +1,278 @@
+"""Visual question answering on ShapeWorld: a classifier head or a generative (Captioner) head.
+
+`config.model.head`:
+  "classifier": `VQAClassifier`, softmax cross-entropy over `SHAPEWORLD_ANSWERS`.
+  "generative": `Captioner` on BOS + question + answer + EOS, the prompt masked out of the loss;
+    evaluated by greedy decoding constrained to the answer list.
+
+Each training row is one of an image's 5 question/answer pairs, chosen by
+`pipeline.example_rng(seed, epoch, index, "question")`.
+`evaluate` asks all 5 questions of each of the first `eval.num_examples / 5` test images and
+reports accuracy overall and per question type (`QUESTION_TYPES`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from mmjax.data import pipeline, shapeworld
+from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.models.captioner import Captioner, caption_loss
+from mmjax.models.vqa import (SHAPEWORLD_ANSWERS, GenerativeAnswerer, VQAClassifier,
+                              generative_example)
+from mmjax.nn.text import TextTransformer
+from mmjax.nn.vit import VisionTransformer
+from mmjax.train import sharding
+from mmjax.train.tasks.base import Task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HEADS = ("classifier", "generative")
+QUESTIONS_PER_IMAGE = 5
+QUESTION_TYPES = ("count", "colour", "shape", "exists", "relation", "size")
+
+
+def question_type(slot: int, question: str) -> int:
+  """Index into `QUESTION_TYPES` of ShapeWorld question `slot` (0-4) of an image.
+
+  Slots 0-3 are count, colour, shape, existence; slot 4 is a relation question, or a size
+  question ("what size is ...") when the image has one object or no nameable pair.
+  """
+  if slot < 4:
+    return slot
+  return QUESTION_TYPES.index("size" if question.startswith("what size") else "relation")
+
+
+def build_vqa_model(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int,
+                    eos_id: int, context_length: int, num_answers: int):
+  """`VQAClassifier` or `Captioner` from `config.model` (head, image/text towers, dtype)."""
+  if config.head not in HEADS:
+    raise ValueError(f"model.head must be one of {HEADS}, got {config.head!r}")
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+  dtype, image, text = DTYPES[config.dtype], config.image, config.text
+  common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
+  if config.head == "generative":
+    return Captioner(vocab_size=vocab_size, max_length=context_length,
+                     patch_size=image.patch_size, vision_width=image.width,
+                     vision_layers=image.layers, vision_heads=image.heads,
+                     text_width=text.width, text_layers=text.layers, text_heads=text.heads,
+                     mlp_ratio=text.mlp_ratio, stem_channels=tuple(image.stem_channels), **common)
+  image_encoder = VisionTransformer(patch_size=image.patch_size, width=image.width,
+                                    num_layers=image.layers, num_heads=image.heads,
+                                    mlp_ratio=image.mlp_ratio, pool="cls",
+                                    stem_channels=tuple(image.stem_channels), **common)
+  question_encoder = TextTransformer(vocab_size=vocab_size, context_length=context_length,
+                                     width=text.width, num_layers=text.layers,
+                                     num_heads=text.heads, mlp_ratio=text.mlp_ratio,
+                                     causal=False, pool=text.pool, pad_id=pad_id, eos_id=eos_id,
+                                     cross_attention=True, **common)
+  return VQAClassifier(image_encoder, question_encoder, num_answers=num_answers,
+                       hidden_dim=config.head_hidden, dtype=dtype)
+
+
+class _LoadQuestion:
+  """(stream position, source index) -> one question of the image, for `example_batches`.
+
+  Classifier rows: image float32 `[H, W, 3]`, question int32 `[L]` (BOS + question + EOS),
+  answer int32 `[]` (index into the answer list), question_type int32 `[]`.
+  Generative rows add tokens, prompt_mask, prompt, prompt_length (see `generative_example`).
+  """
+
+  def __init__(self, source, tokenizer, context_length: int, seed: int, head: str,
+               answers: tuple[str, ...]):
+    self.source, self.tokenizer, self.context_length = source, tokenizer, context_length
+    self.seed, self.head = seed, head
+    self.answer_index = {answer: i for i, answer in enumerate(answers)}
+    self.image_shape = (source.image_size, source.image_size, 3)
+
+  def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
+    item = self.source[index]
+    epoch = position // len(self.source)
+    rng = pipeline.example_rng(self.seed, epoch, index, "question")
+    slot = int(rng.integers(QUESTIONS_PER_IMAGE))
+    image = pipeline.check_image(item["image"], index, self.image_shape)
+    return {"image": image.astype(np.float32) / np.float32(255),
+            **self.encode(item["questions"][slot], item["answers"][slot], slot)}
+
+  def encode(self, question: str, answer: str, slot: int) -> dict[str, np.ndarray]:
+    """The text fields of one (question, answer) pair (everything but the image)."""
+    if answer not in self.answer_index:
+      raise ValueError(f"answer {answer!r} is not in the answer list {sorted(self.answer_index)}")
+    row = {"question": self.tokenizer.encode_batch([question], self.context_length)[0],
+           "answer": np.int32(self.answer_index[answer]),
+           "question_type": np.int32(question_type(slot, question))}
+    if self.head == "generative":
+      row.update(generative_example(self.tokenizer.encode(question), self.tokenizer.encode(answer),
+                                    self.context_length, self.tokenizer))
+    return row
+
+
+class VQATask(Task):
+  """ShapeWorld VQA with `model.head` = "classifier" or "generative"."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    self.head = config.model.head
+    if self.head not in HEADS:
+      raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
+    if config.eval.num_examples % QUESTIONS_PER_IMAGE or config.eval.num_examples <= 0:
+      raise ValueError(f"eval.num_examples must be a positive multiple of {QUESTIONS_PER_IMAGE} "
+                       f"(all questions of each test image), got {config.eval.num_examples}")
+    self.tokenizer = shapeworld_tokenizer()
+    self.answers = SHAPEWORLD_ANSWERS
+    self._model = build_vqa_model(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
+                                  self.tokenizer.eos_id, config.data.context_length,
+                                  len(self.answers))
+    self.answerer = (GenerativeAnswerer(self._model, self.answers, self.tokenizer)
+                     if self.head == "generative" else None)
+    self._eval_cache = None
+    self._predict_fn = None
+
+  @property
+  def model(self):
+    return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def _source(self, split: str, length: int):
+    data = self.config.data
+    if data.name != "shapeworld":
+      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
+    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
+                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+
+  def _loader(self, source) -> _LoadQuestion:
+    return _LoadQuestion(source, self.tokenizer, self.config.data.context_length, self.config.seed,
+                         self.head, self.answers)
+
+  def train_batches(self, process_index: int, process_count: int):
+    source = self._source("train", self.config.data.train_length)
+    return iter(pipeline.example_batches(
+        source, self._loader(source), batch_size=self.config.batch_size // process_count,
+        seed=self.config.seed, process_index=process_index, process_count=process_count))
+
+  def check_batch(self, batch, step: int) -> None:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    image = batch["image"]
+    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
+      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
+                       f"[batch, {size}, {size}, 3]")
+    text_key = "tokens" if self.head == "generative" else "question"
+    if batch[text_key].ndim != 2 or batch[text_key].shape[1] != length:
+      raise ValueError(f"batch at step {step}: {text_key} has shape {batch[text_key].shape}, "
+                       f"expected [batch, {length}]")
+
+  # -- model ----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array) -> Any:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    tokens = jnp.zeros((1, length), jnp.int32)
+    return self._model.init(rng, images, tokens)["params"]
+
+  def loss_fn(self, params, batch, rng):
+    del rng  # No dropout.
+    if self.head == "classifier":
+      logits = self._model.apply({"params": params}, batch["image"], batch["question"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["answer"]).mean()
+      correct = jnp.argmax(logits, -1) == batch["answer"]
+    else:
+      tokens = batch["tokens"]
+      logits = self._model.apply({"params": params}, batch["image"], tokens)
+      loss = caption_loss(logits, tokens, self.tokenizer.pad_id, batch["prompt_mask"])
+      # Teacher-forced first answer token, unconstrained argmax over the whole vocabulary.
+      last_prompt = batch["prompt_length"] - 1
+      rows = jnp.arange(tokens.shape[0])
+      correct = jnp.argmax(logits[rows, last_prompt], -1) == tokens[rows, last_prompt + 1]
+    return loss, {"accuracy": correct.astype(jnp.float32).mean()}
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def _eval_data(self) -> dict[str, np.ndarray]:
+    """All 5 questions of the first `eval.num_examples / 5` test images, built once.
+
+    Returns image float32 `[N, H, W, 3]`, and per question (row 5 i + k = question k of image
+    i) question int32 `[5N, L]`, answer int32 `[5N]`, question_type int32 `[5N]`, plus the
+    generative fields (tokens, prompt_mask, prompt, prompt_length) for that head.
+    """
+    if self._eval_cache is None:
+      num_images = self.config.eval.num_examples // QUESTIONS_PER_IMAGE
+      source = self._source("test", num_images)
+      loader = self._loader(source)
+      images, rows = [], []
+      for index in range(num_images):
+        item = source[index]
+        images.append(pipeline.check_image(item["image"], index, loader.image_shape))
+        if len(item["questions"]) != QUESTIONS_PER_IMAGE:
+          raise ValueError(f"test image {index} has {len(item['questions'])} questions, "
+                           f"expected {QUESTIONS_PER_IMAGE}")
+        rows += [loader.encode(q, a, slot)
+                 for slot, (q, a) in enumerate(zip(item["questions"], item["answers"]))]
+      self._eval_cache = {"image": np.stack(images).astype(np.float32) / np.float32(255),
+                          **{key: np.stack([row[key] for row in rows]) for key in rows[0]}}
+    return self._eval_cache
+
+  def _predict(self, params, images, text, prompt_lengths):
+    """Per question of images `[B, H, W, 3]` (5 each, rows of `text` `[5B, L]`): the answer
+    index int32 `[5B]` (classifier) or the decoded answer tokens int32 `[5B, T + 1]`."""
+    if self.head == "classifier":
+      model = self._model
+      image_tokens = model.apply({"params": params}, images, method=model.encode_image)
+      image_tokens = jnp.repeat(image_tokens, QUESTIONS_PER_IMAGE, axis=0)
+      logits = model.apply({"params": params}, image_tokens, text, method=model.answer_logits)
+      return jnp.argmax(logits, -1).astype(jnp.int32)
+    return self.answerer.decode(params, images, text, prompt_lengths, QUESTIONS_PER_IMAGE).tokens
+
+  def predict(self, params, mesh: Mesh) -> np.ndarray:
+    """int `[5N]` predicted answer indices on the eval questions.
+
+    Raises RuntimeError if a constrained-decoded answer is not in the answer list (a broken
+    constraint, never a model error).
+    """
+    data = self._eval_data()
+    text_key = "prompt" if self.head == "generative" else "question"
+    dp = sharding.data_parallel_size(mesh)
+    chunk = -(-self.config.eval.batch_size // dp) * dp  # images per call
+    if self._predict_fn is None:
+      self._predict_fn = jax.jit(self._predict)
+    q = QUESTIONS_PER_IMAGE
+    lengths = data.get("prompt_length", np.zeros(len(data["answer"]), np.int32))
+    width = data[text_key].shape[1]
+    if self.head == "generative":  # Room for the answer and EOS in the decoder's positions.
+      width -= self.answerer.max_new_tokens
+    outputs = []
+    for start in range(0, len(data["image"]), chunk):
+      images = data["image"][start:start + chunk]
+      count = len(images)
+      pad = lambda x, n: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+      text = pad(data[text_key][start * q:(start + count) * q, :width], chunk * q)
+      length = pad(lengths[start * q:(start + count) * q], chunk * q)
+      if self.head == "generative":
+        length = np.maximum(length, 1)  # padding rows: decode from a lone pad token
+      placed = sharding.replicate_from_host((pad(images, chunk), text, length), mesh,
+                                            sharding.batch_sharding(mesh))
+      outputs.append(sharding.to_host(self._predict_fn(params, *placed))[:count * q])
+    predictions = np.concatenate(outputs)
+    if self.head == "generative":
+      predictions = self.answerer.answer_indices(predictions)
+      if (predictions < 0).any():
+        bad = np.flatnonzero(predictions < 0)
+        raise RuntimeError(f"{len(bad)} constrained-decoded answers are not in the answer list "
+                           f"(rows {bad[:10].tolist()}): the PrefixTrie constraint is broken")
+    return predictions
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    data = self._eval_data()
+    correct = self.predict(params, mesh) == data["answer"]
+    results = {"accuracy": float(correct.mean())}
+    for index, name in enumerate(QUESTION_TYPES):
+      rows = data["question_type"] == index
+      if rows.any():
+        results[f"accuracy_{name}"] = float(correct[rows].mean())
+    return results
