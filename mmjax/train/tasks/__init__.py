@@ -7,6 +7,7 @@ _TASKS = {
     "autoencoder": "mmjax.train.tasks.autoencoder:AutoencoderTask",
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
+    "grounding": "mmjax.train.tasks.grounding:GroundingTask",
     "vqa": "mmjax.train.tasks.vqa:VQATask",
 }
 

@@ -1,0 +1,235 @@
+"""Visual grounding on ShapeWorld: box regression or coordinate tokens for a referring expression.
+
+`config.model.head`:
+  "regression": `RegressionGrounder` (ViT -> image-grounded expression encoder -> MLP ->
+    sigmoid (cx, cy, w, h)), trained with `box_loss` (loss.l1_weight * L1 + loss.giou_weight *
+    (1 - GIoU)).
+  "tokens": `Captioner` over the word vocabulary + `model.num_bins` coordinate tokens, trained on
+    BOS + expression + 4 coordinate tokens + EOS with the prompt masked out of the loss; boxes
+    by greedy decoding restricted to coordinate tokens (`CoordinateDecoder`).
+
+Every row is an image's `referring` expression and its `referring_box` (x0, y0, x1, y1) in
+[0, 1]. `evaluate` predicts the boxes of the first `eval.num_examples` test images and reports
+"acc@0.5" (fraction with IoU >= 0.5), "acc@0.75" and "mean_iou".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax import metrics
+from mmjax.data import pipeline, shapeworld
+from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.models.captioner import Captioner, caption_loss
+from mmjax.models.grounding import (NUM_BOX_TOKENS, CoordinateDecoder, RegressionGrounder,
+                                    box_loss, coordinate_example)
+from mmjax.nn.text import TextTransformer
+from mmjax.nn.vit import VisionTransformer
+from mmjax.train import sharding
+from mmjax.train.tasks.base import Task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HEADS = ("regression", "tokens")
+IOU_THRESHOLDS = (0.5, 0.75)
+
+
+def build_grounding_model(config: ml_collections.ConfigDict, word_vocab_size: int, pad_id: int,
+                          eos_id: int, context_length: int):
+  """`RegressionGrounder` or coordinate-token `Captioner` from `config.model`."""
+  if config.head not in HEADS:
+    raise ValueError(f"model.head must be one of {HEADS}, got {config.head!r}")
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+  dtype, image, text = DTYPES[config.dtype], config.image, config.text
+  common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
+  if config.head == "tokens":
+    if config.num_bins < 2:
+      raise ValueError(f"model.num_bins must be >= 2, got {config.num_bins}")
+    return Captioner(vocab_size=word_vocab_size + config.num_bins, max_length=context_length,
+                     patch_size=image.patch_size, vision_width=image.width,
+                     vision_layers=image.layers, vision_heads=image.heads,
+                     text_width=text.width, text_layers=text.layers, text_heads=text.heads,
+                     mlp_ratio=text.mlp_ratio, stem_channels=tuple(image.stem_channels), **common)
+  image_encoder = VisionTransformer(patch_size=image.patch_size, width=image.width,
+                                    num_layers=image.layers, num_heads=image.heads,
+                                    mlp_ratio=image.mlp_ratio, pool="cls",
+                                    stem_channels=tuple(image.stem_channels), **common)
+  text_encoder = TextTransformer(vocab_size=word_vocab_size, context_length=context_length,
+                                 width=text.width, num_layers=text.layers, num_heads=text.heads,
+                                 mlp_ratio=text.mlp_ratio, causal=False, pool=text.pool,
+                                 pad_id=pad_id, eos_id=eos_id, cross_attention=True, **common)
+  return RegressionGrounder(image_encoder, text_encoder, hidden_dim=config.head_hidden,
+                            dtype=dtype)
+
+
+class _LoadReferring:
+  """(stream position, source index) -> one grounding row, for `example_batches`.
+
+  Rows: image float32 `[H, W, 3]` in [0, 1], expression int32 `[L]` (BOS + expression + EOS),
+  box float32 `[4]`; the tokens head adds tokens, prompt_mask, prompt, prompt_length (see
+  `coordinate_example`).
+  """
+
+  def __init__(self, source, tokenizer, context_length: int, head: str, num_bins: int):
+    self.source, self.tokenizer, self.context_length = source, tokenizer, context_length
+    self.head, self.num_bins = head, num_bins
+    self.image_shape = (source.image_size, source.image_size, 3)
+
+  def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
+    del position  # One expression per image: rows do not depend on the epoch.
+    item = self.source[index]
+    image = pipeline.check_image(item["image"], index, self.image_shape)
+    return {"image": image.astype(np.float32) / np.float32(255),
+            **self.encode(item["referring"], item["referring_box"], index)}
+
+  def encode(self, expression: str, box, index: int) -> dict[str, np.ndarray]:
+    """The text and box fields of one (expression, box) pair (everything but the image)."""
+    box = np.asarray(box, np.float32)
+    if box.shape != (4,) or not np.all((box >= 0) & (box <= 1)) or np.any(box[2:] < box[:2]):
+      raise ValueError(f"example {index}: referring_box must be float [4] (x0, y0, x1, y1) in "
+                       f"[0, 1] with x0 <= x1, y0 <= y1; got {box.tolist()}")
+    ids = self.tokenizer.encode(expression)
+    if len(ids) + 2 > self.context_length:
+      raise ValueError(f"example {index}: expression {expression!r} has {len(ids)} tokens; with "
+                       f"BOS and EOS that exceeds data.context_length={self.context_length}")
+    row = {"expression": self.tokenizer.encode_batch([expression], self.context_length)[0],
+           "box": box}
+    if self.head == "tokens":
+      row.update(coordinate_example(ids, box, self.context_length, self.tokenizer, self.num_bins))
+    return row
+
+
+class GroundingTask(Task):
+  """ShapeWorld referring-expression grounding with `model.head` = "regression" | "tokens"."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    self.head = config.model.head
+    if self.head not in HEADS:
+      raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
+    if config.eval.num_examples <= 0:
+      raise ValueError(f"eval.num_examples must be positive, got {config.eval.num_examples}")
+    self.tokenizer = shapeworld_tokenizer()
+    self.num_bins = int(config.model.num_bins)
+    self._model = build_grounding_model(config.model, self.tokenizer.vocab_size,
+                                        self.tokenizer.pad_id, self.tokenizer.eos_id,
+                                        config.data.context_length)
+    self.decoder = (CoordinateDecoder(self._model, self.tokenizer.vocab_size, self.num_bins,
+                                      self.tokenizer.pad_id) if self.head == "tokens" else None)
+    self._eval_cache = None
+    self._predict_fn = None
+
+  @property
+  def model(self):
+    return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def _source(self, split: str, length: int):
+    data = self.config.data
+    if data.name != "shapeworld":
+      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
+    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
+                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+
+  def _loader(self, source) -> _LoadReferring:
+    return _LoadReferring(source, self.tokenizer, self.config.data.context_length, self.head,
+                          self.num_bins)
+
+  def train_batches(self, process_index: int, process_count: int):
+    source = self._source("train", self.config.data.train_length)
+    return iter(pipeline.example_batches(
+        source, self._loader(source), batch_size=self.config.batch_size // process_count,
+        seed=self.config.seed, process_index=process_index, process_count=process_count))
+
+  def check_batch(self, batch, step: int) -> None:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    image, box = batch["image"], batch["box"]
+    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
+      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
+                       f"[batch, {size}, {size}, 3]")
+    if box.shape != (image.shape[0], 4):
+      raise ValueError(f"batch at step {step}: box has shape {box.shape}, expected "
+                       f"[batch={image.shape[0]}, 4]")
+    text_key = "tokens" if self.head == "tokens" else "expression"
+    if batch[text_key].ndim != 2 or batch[text_key].shape[1] != length:
+      raise ValueError(f"batch at step {step}: {text_key} has shape {batch[text_key].shape}, "
+                       f"expected [batch, {length}]")
+
+  # -- model ----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array) -> Any:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    tokens = jnp.zeros((1, length), jnp.int32)
+    return self._model.init(rng, images, tokens)["params"]
+
+  def loss_fn(self, params, batch, rng):
+    del rng  # No dropout.
+    if self.head == "regression":
+      boxes = self._model.apply({"params": params}, batch["image"], batch["expression"])
+      loss, parts = box_loss(boxes, batch["box"], self.config.loss.l1_weight,
+                             self.config.loss.giou_weight)
+      iou = metrics.matched_box_iou(boxes, batch["box"])
+      return loss, {**parts, "iou": iou.mean()}
+    tokens = batch["tokens"]
+    logits = self._model.apply({"params": params}, batch["image"], tokens)
+    loss = caption_loss(logits, tokens, self.tokenizer.pad_id, batch["prompt_mask"])
+    # Teacher-forced argmax at the 4 box steps (over the whole vocabulary).
+    steps = batch["prompt_length"][:, None] - 1 + jnp.arange(NUM_BOX_TOKENS)   # [B, 4]
+    predicted = jnp.take_along_axis(jnp.argmax(logits, -1), steps, axis=1)
+    target = jnp.take_along_axis(tokens, steps + 1, axis=1)
+    return loss, {"coordinate_accuracy": (predicted == target).astype(jnp.float32).mean()}
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def _eval_data(self) -> dict[str, np.ndarray]:
+    """The first `eval.num_examples` test images with their expression and box, built once."""
+    if self._eval_cache is None:
+      num = self.config.eval.num_examples
+      source = self._source("test", num)
+      loader = self._loader(source)
+      rows = [loader(index, index) for index in range(num)]
+      self._eval_cache = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    return self._eval_cache
+
+  def _predict(self, params, images, text, prompt_lengths):
+    """Boxes float32 `[B, 4]` for images `[B, H, W, 3]` and their expressions."""
+    if self.head == "regression":
+      return self._model.apply({"params": params}, images, text)
+    return self.decoder.decode_boxes(params, images, text, prompt_lengths)
+
+  def predict(self, params, mesh: Mesh) -> np.ndarray:
+    """Predicted boxes float32 `[N, 4]` (x0, y0, x1, y1) of the eval examples (host)."""
+    data = self._eval_data()
+    dp = sharding.data_parallel_size(mesh)
+    chunk = -(-self.config.eval.batch_size // dp) * dp
+    if self._predict_fn is None:
+      self._predict_fn = jax.jit(self._predict)
+    if self.head == "tokens":  # Leave the decoder's last positions to the 4 box tokens.
+      text = data["prompt"][:, :self.config.data.context_length - NUM_BOX_TOKENS]
+      lengths = data["prompt_length"]
+    else:
+      text, lengths = data["expression"], np.ones(len(data["box"]), np.int32)
+    pad = lambda x, n: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+    outputs = []
+    for start in range(0, len(text), chunk):
+      count = len(text[start:start + chunk])
+      inputs = (pad(data["image"][start:start + chunk], chunk), pad(text[start:start + chunk], chunk),
+                np.maximum(pad(lengths[start:start + chunk], chunk), 1))
+      placed = sharding.replicate_from_host(inputs, mesh, sharding.batch_sharding(mesh))
+      outputs.append(sharding.to_host(self._predict_fn(params, *placed))[:count])
+    return np.concatenate(outputs).astype(np.float32)
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    data = self._eval_data()
+    iou = np.asarray(metrics.matched_box_iou(jnp.asarray(self.predict(params, mesh)),
+                                             jnp.asarray(data["box"])))
+    results = {f"acc@{t}": float((iou >= t).mean()) for t in IOU_THRESHOLDS}
+    results["mean_iou"] = float(iou.mean())
+    return results
