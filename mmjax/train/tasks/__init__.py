@@ -5,6 +5,7 @@ import importlib
 
 _TASKS = {
     "autoencoder": "mmjax.train.tasks.autoencoder:AutoencoderTask",
+    "captioning": "mmjax.train.tasks.captioning:CaptionTask",
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
     "grounding": "mmjax.train.tasks.grounding:GroundingTask",

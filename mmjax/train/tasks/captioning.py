@@ -1,0 +1,277 @@
+"""Image captioning (`Captioner`: ViT + causal text decoder) on ShapeWorld.
+
+Each training row is BOS + one of the image's 5 captions + EOS (the caption drawn per
+(seed, epoch, index) by `pipeline.image_text_batches`), trained with teacher forcing and
+`caption_loss`. `evaluate` captions the first `eval.num_images` test images with jit-compiled
+greedy decoding (`eval.num_beams` = 1) or beam search and scores them against all 5 references:
+corpus BLEU-4 (sacrebleu's, /100), CIDEr-D, and attribute accuracies from the images'
+structured labels (see `attribute_metrics`).
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax import decoding, metrics
+from mmjax.data import pipeline, shapeworld
+from mmjax.data.tokenizer import shapeworld_tokenizer, split_words
+from mmjax.models.captioner import Captioner, caption_loss
+from mmjax.train import sharding
+from mmjax.train.tasks.base import Task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_captioner(config: ml_collections.ConfigDict, vocab_size: int,
+                    context_length: int) -> Captioner:
+  """`Captioner` from `config.model` (image.*: the ViT, text.*: the decoder, mlp_ratio, dtype)."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+  image, text = config.image, config.text
+  return Captioner(vocab_size=vocab_size, max_length=context_length,
+                   patch_size=image.patch_size, vision_width=image.width,
+                   vision_layers=image.layers, vision_heads=image.heads,
+                   text_width=text.width, text_layers=text.layers, text_heads=text.heads,
+                   mlp_ratio=config.mlp_ratio, stem_channels=tuple(image.stem_channels),
+                   dtype=DTYPES[config.dtype], attention_impl=config.attention_impl,
+                   remat=config.remat)
+
+
+def _first_word_index(words: list[str], vocab: tuple[str, ...]) -> int:
+  """Index in `vocab` of the first of `words` that is in it, or -1."""
+  for word in words:
+    if word in vocab:
+      return vocab.index(word)
+  return -1
+
+
+def _names_together(words: list[str], phrase: list[str]) -> bool:
+  """Whether `phrase` occurs as consecutive words in `words`."""
+  n = len(phrase)
+  return any(words[i:i + n] == phrase for i in range(len(words) - n + 1))
+
+
+def attribute_metrics(captions: list[str], labels: dict[str, np.ndarray]) -> dict[str, float]:
+  """How well generated captions name the objects of their images.
+
+  Args:
+    captions: N generated captions.
+    labels: ShapeWorld structured labels: num_objects int `[N]`; shape, colour, size int
+      `[N, M]` (indices into SHAPES / COLOURS / SIZES, -1 padded).
+  Returns:
+    object_accuracy: mean over images of the fraction of its objects whose size, colour and
+      shape words appear together ("small red circle") in the caption.
+    For single-object images (if any): shape_accuracy, colour_accuracy, size_accuracy, the
+    fraction whose first shape / colour / size word in the caption is the true one, and
+    single_object_accuracy, all three right.
+  """
+  vocabs = {"shape": shapeworld.SHAPES, "colour": shapeworld.COLOURS, "size": shapeworld.SIZES}
+  per_image, single = [], {name: [] for name in vocabs}
+  for index, caption in enumerate(captions):
+    words = split_words(caption)
+    count = int(labels["num_objects"][index])
+    named = [_names_together(words, [vocabs[name][int(labels[name][index, k])]
+                                     for name in ("size", "colour", "shape")])
+             for k in range(count)]
+    per_image.append(np.mean(named))
+    if count == 1:
+      for name, vocab in vocabs.items():
+        single[name].append(_first_word_index(words, vocab) == int(labels[name][index, 0]))
+  results = {"object_accuracy": float(np.mean(per_image))}
+  if single["shape"]:
+    for name, hits in single.items():
+      results[f"{name}_accuracy"] = float(np.mean(hits))
+    results["single_object_accuracy"] = float(np.mean(np.logical_and.reduce(
+        [single[name] for name in vocabs])))
+  return results
+
+
+class CaptionTask(Task):
+  """ShapeWorld captioning; evaluation by BLEU-4, CIDEr-D and attribute accuracies."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    if config.eval.num_beams < 1:
+      raise ValueError(f"eval.num_beams must be >= 1 (1 = greedy), got {config.eval.num_beams}")
+    if config.eval.num_images < 1:
+      raise ValueError(f"eval.num_images must be >= 1, got {config.eval.num_images}")
+    self.tokenizer = shapeworld_tokenizer()
+    self._model = build_captioner(config.model, self.tokenizer.vocab_size,
+                                  config.data.context_length)
+    # Caption words + EOS after the BOS prompt fill the decoder's context_length positions.
+    self.max_new_tokens = config.data.context_length - 1
+    self._eval_cache = None
+    self._jitted = {}
+
+  @property
+  def model(self) -> Captioner:
+    return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def _source(self, split: str, length: int):
+    data = self.config.data
+    if data.name != "shapeworld":
+      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
+    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
+                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+
+  def train_batches(self, process_index: int, process_count: int):
+    return iter(pipeline.image_text_batches(
+        self._source("train", self.config.data.train_length), self.tokenizer,
+        batch_size=self.config.batch_size // process_count,
+        context_length=self.config.data.context_length, seed=self.config.seed,
+        process_index=process_index, process_count=process_count, caption_choice="random"))
+
+  def check_batch(self, batch, step: int) -> None:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    image, text = batch["image"], batch["text"]
+    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
+      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
+                       f"[batch, {size}, {size}, 3]")
+    if text.ndim != 2 or text.shape != (image.shape[0], length):
+      raise ValueError(f"batch at step {step}: text has shape {text.shape}, expected "
+                       f"[{image.shape[0]}, {length}] (BOS + caption + EOS, padded)")
+    tok = self.tokenizer
+    if (text[:, 0] != tok.bos_id).any():
+      rows = np.flatnonzero(text[:, 0] != tok.bos_id)
+      raise ValueError(f"batch at step {step}: text rows {rows[:8].tolist()} do not start with "
+                       f"BOS (id {tok.bos_id}); expected BOS + caption + EOS")
+    empty = np.flatnonzero(np.isin(text[:, 1], (tok.eos_id, tok.pad_id)))
+    if len(empty):
+      raise ValueError(f"batch at step {step}: text rows {empty[:8].tolist()} hold an empty "
+                       f"caption; expected at least one word between BOS and EOS")
+
+  # -- model ----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array) -> Any:
+    size, length = self.config.data.image_size, self.config.data.context_length
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    tokens = jnp.zeros((1, length), jnp.int32)
+    return self._model.init(rng, images, tokens)["params"]
+
+  def loss_fn(self, params, batch, rng):
+    del rng  # No dropout.
+    text = batch["text"]
+    logits = self._model.apply({"params": params}, batch["image"], text)
+    loss = caption_loss(logits, text, self.tokenizer.pad_id)
+    targets = text[:, 1:]
+    weights = (targets != self.tokenizer.pad_id).astype(jnp.float32)
+    hits = (jnp.argmax(logits[:, :-1], -1) == targets).astype(jnp.float32)
+    return loss, {"token_accuracy": (hits * weights).sum() / jnp.maximum(weights.sum(), 1.0)}
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def _eval_data(self) -> dict[str, Any]:
+    """The first `eval.num_images` test images with all captions and labels, built once.
+
+    Returns image float32 `[N, H, W, 3]`, text int32 `[5N, L]` (row 5 i + k = caption k of
+    image i), references (N lists of 5 str), num_objects int `[N]`, shape/colour/size int `[N, M]`.
+    """
+    if self._eval_cache is None:
+      num_images = self.config.eval.num_images
+      source = self._source("test", num_images)
+      arrays = pipeline.eval_arrays(source, self.tokenizer, self.config.data.context_length,
+                                    num_images)
+      items = [source[i] for i in range(num_images)]
+      owners = arrays["text_to_image"]
+      references = [[c for c, o in zip(arrays["captions"], owners) if o == i]
+                    for i in range(num_images)]
+      self._eval_cache = dict(
+          image=arrays["image"], text=arrays["text"], text_to_image=owners,
+          references=references,
+          **{key: np.stack([item[key] for item in items])
+             for key in ("num_objects", "shape", "colour", "size")})
+    return self._eval_cache
+
+  def _chunk_size(self, mesh: Mesh) -> int:
+    """Rows per eval call: `eval.batch_size` rounded up to the data-parallel size."""
+    dp = sharding.data_parallel_size(mesh)
+    return -(-self.config.eval.batch_size // dp) * dp
+
+  def _run_chunked(self, fn, arrays: tuple[np.ndarray, ...], mesh: Mesh) -> list:
+    """[(rows, host output)] of `fn` on fixed-size, batch-sharded, zero-padded chunks of host
+    `arrays` (all `[N, ...]`): one compilation whatever N is."""
+    chunk = self._chunk_size(mesh)
+    outputs = []
+    for start in range(0, len(arrays[0]), chunk):
+      parts = [a[start:start + chunk] for a in arrays]
+      count = len(parts[0])
+      padded = tuple(np.concatenate([p, np.zeros((chunk - count,) + p.shape[1:], p.dtype)])
+                     for p in parts)
+      placed = sharding.replicate_from_host(padded, mesh, sharding.batch_sharding(mesh))
+      outputs.append((count, sharding.to_host(fn(*placed))))
+    return outputs
+
+  def _generate(self, params, images: jax.Array) -> jax.Array:
+    """Caption tokens int32 `[B, max_new_tokens]` (EOS then padding) for images `[B, H, W, 3]`."""
+    cfg, tok = self.config.eval, self.tokenizer
+    batch = images.shape[0]
+    cache = self._model.init_cache(params, images, 1 + self.max_new_tokens)
+    prompt = jnp.full((batch, 1), tok.bos_id, jnp.int32)
+    step_fn = functools.partial(self._model.decode_step, params)
+    common = dict(max_new_tokens=self.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    if cfg.num_beams == 1:
+      return decoding.greedy(step_fn, cache, prompt, **common).tokens
+    out = decoding.beam_search(step_fn, cache, prompt, num_beams=cfg.num_beams,
+                               length_penalty=cfg.length_penalty, **common)
+    return out.tokens[:, 0]
+
+  def generate_captions(self, params, images: np.ndarray, mesh: Mesh) -> list[str]:
+    """Decoded captions (N str) of host images float32 `[N, H, W, 3]` in [0, 1]."""
+    if "generate" not in self._jitted:
+      self._jitted["generate"] = jax.jit(self._generate)
+    fn = functools.partial(self._jitted["generate"], params)
+    tokens = np.concatenate([out[:count] for count, out in
+                             self._run_chunked(fn, (images,), mesh)])
+    return self.tokenizer.decode_batch(tokens)
+
+  def _loss_sums(self, params, images, text):
+    """(summed token NLL, target count) of `text` `[B, L]` given `images` `[B, H, W, 3]`."""
+    logits = self._model.apply({"params": params}, images, text)
+    count = (text[:, 1:] != self.tokenizer.pad_id).sum().astype(jnp.float32)
+    return caption_loss(logits, text, self.tokenizer.pad_id) * count, count
+
+  def eval_loss(self, params, mesh: Mesh) -> float:
+    """Mean next-token NLL over all 5 reference captions of every eval image."""
+    data = self._eval_data()
+    if "loss" not in self._jitted:
+      self._jitted["loss"] = jax.jit(self._loss_sums)
+    fn = functools.partial(self._jitted["loss"], params)
+    images = data["image"][data["text_to_image"]]
+    sums = self._run_chunked(fn, (images, data["text"]), mesh)
+    return float(sum(s for _, (s, _) in sums) / max(sum(c for _, (_, c) in sums), 1.0))
+
+  def caption_metrics(self, captions: list[str]) -> dict[str, float]:
+    """BLEU-4 (corpus, in [0, 1]), CIDEr-D and `attribute_metrics` of the eval images' captions."""
+    data = self._eval_data()
+    references = data["references"]
+    results = {"bleu4": metrics.corpus_bleu(captions, references) / 100.0,
+               "cider_d": metrics.cider_d(captions, references)}
+    results.update(attribute_metrics(captions, data))
+    return results
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    data = self._eval_data()
+    captions = self.generate_captions(params, data["image"], mesh)
+    self.last_captions = captions
+    return {"eval_loss": self.eval_loss(params, mesh), **self.caption_metrics(captions)}
+
+  def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
+    from mmjax.train import plots
+    data = self._eval_data()
+    count = min(8, len(data["image"]))
+    captions = self.generate_captions(params, data["image"][:count], mesh)
+    if jax.process_index() != 0:
+      return []
+    rows = [[f"model: {caption}", f"ref:   {refs[0]}"]
+            for caption, refs in zip(captions, data["references"][:count])]
+    return [plots.loss_curve(workdir),
+            plots.retrieval_grid(workdir / "captions.png", data["image"][:count], rows)]
