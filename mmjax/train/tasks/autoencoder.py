@@ -27,6 +27,7 @@ from mmjax.nn.autoencoder import (RECONSTRUCTION_LOSSES, KLAutoencoder, autoenco
                                   estimate_scaling_factor)
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.shapeworld_inputs import check_images, shapeworld_source
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -84,11 +85,7 @@ class AutoencoderTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int) -> shapeworld.ShapeWorld:
-    data = self.config.data
-    if data.name != "shapeworld":
-      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
-    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
-                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+    return shapeworld_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
     source = self._source("train", self.config.data.train_length)
@@ -99,16 +96,7 @@ class AutoencoderTask(Task):
         process_index=process_index, process_count=process_count))
 
   def check_batch(self, batch, step: int) -> None:
-    size = self.config.data.image_size
-    if "image" not in batch:
-      raise ValueError(f"batch at step {step} has no 'image'; it has keys {sorted(batch)}")
-    image = batch["image"]
-    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
-      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
-                       f"[batch, {size}, {size}, 3] (data.image_size={size})")
-    if not np.issubdtype(image.dtype, np.floating):
-      raise ValueError(f"batch at step {step}: image has dtype {image.dtype}, expected float "
-                       "in [0, 1]")
+    check_images(batch, step, self.config.data.image_size)
 
   # -- model ----------------------------------------------------------------------------------
 

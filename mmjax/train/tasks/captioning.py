@@ -25,6 +25,7 @@ from mmjax.data.tokenizer import shapeworld_tokenizer, split_words
 from mmjax.models.captioner import Captioner, caption_loss
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -117,11 +118,7 @@ class CaptionTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int):
-    data = self.config.data
-    if data.name != "shapeworld":
-      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
-    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
-                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+    return shapeworld_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
     return iter(pipeline.image_text_batches(
@@ -131,14 +128,10 @@ class CaptionTask(Task):
         process_index=process_index, process_count=process_count, caption_choice="random"))
 
   def check_batch(self, batch, step: int) -> None:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    image, text = batch["image"], batch["text"]
-    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
-      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
-                       f"[batch, {size}, {size}, 3]")
-    if text.ndim != 2 or text.shape != (image.shape[0], length):
-      raise ValueError(f"batch at step {step}: text has shape {text.shape}, expected "
-                       f"[{image.shape[0]}, {length}] (BOS + caption + EOS, padded)")
+    data = self.config.data
+    image = check_images(batch, step, data.image_size)
+    text = check_tokens(batch, step, "text", data.context_length, len(image),
+                        what="BOS + caption + EOS, padded")
     tok = self.tokenizer
     if (text[:, 0] != tok.bos_id).any():
       rows = np.flatnonzero(text[:, 0] != tok.bos_id)

@@ -18,6 +18,7 @@ from mmjax.nn.text import TextTransformer
 from mmjax.nn.vit import VisionTransformer
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -97,12 +98,7 @@ class ContrastiveTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int, num_objects=None):
-    data = self.config.data
-    if data.name != "shapeworld":
-      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
-    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
-                                 image_size=data.image_size,
-                                 num_objects=tuple(num_objects or data.num_objects))
+    return shapeworld_source(self.config.data, split, length, num_objects)
 
   def train_batches(self, process_index: int, process_count: int):
     return iter(pipeline.image_text_batches(
@@ -112,14 +108,9 @@ class ContrastiveTask(Task):
         process_index=process_index, process_count=process_count))
 
   def check_batch(self, batch, step: int) -> None:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    image, text = batch["image"], batch["text"]
-    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
-      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
-                       f"[batch, {size}, {size}, 3]")
-    if text.ndim != 2 or text.shape[1] != length:
-      raise ValueError(f"batch at step {step}: text has shape {text.shape}, expected "
-                       f"[batch, {length}]")
+    data = self.config.data
+    image = check_images(batch, step, data.image_size)
+    check_tokens(batch, step, "text", data.context_length, len(image))
 
   # -- model ----------------------------------------------------------------------------------
 

@@ -27,12 +27,13 @@ from jax.sharding import Mesh
 
 from mmjax import diffusion
 from mmjax.diffusion import parameterization
-from mmjax.data import pipeline, shapeworld
+from mmjax.data import pipeline
 from mmjax.data.tokenizer import shapeworld_tokenizer
 from mmjax.nn.text import TextTransformer
 from mmjax.nn.unet import UNet
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
 from mmjax.train.tasks.diffusion_spaces import PixelSpace, load_latent_space
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -161,11 +162,7 @@ class DiffusionTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int):
-    data = self.config.data
-    if data.name != "shapeworld":
-      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
-    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
-                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+    return shapeworld_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
     return iter(pipeline.image_text_batches(
@@ -175,22 +172,9 @@ class DiffusionTask(Task):
         process_index=process_index, process_count=process_count))
 
   def check_batch(self, batch, step: int) -> None:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    for key in ("image", "text"):
-      if key not in batch:
-        raise ValueError(f"batch at step {step} has no {key!r}; it has keys {sorted(batch)}")
-    image, text = batch["image"], batch["text"]
-    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
-      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
-                       f"[batch, {size}, {size}, 3] (data.image_size={size})")
-    if not np.issubdtype(image.dtype, np.floating):
-      raise ValueError(f"batch at step {step}: image has dtype {image.dtype}, expected float "
-                       "in [0, 1]")
-    if text.ndim != 2 or text.shape != (image.shape[0], length):
-      raise ValueError(f"batch at step {step}: text has shape {text.shape}, expected "
-                       f"[{image.shape[0]}, {length}] (data.context_length={length})")
-    if not np.issubdtype(text.dtype, np.integer):
-      raise ValueError(f"batch at step {step}: text has dtype {text.dtype}, expected int32 ids")
+    data = self.config.data
+    image = check_images(batch, step, data.image_size)
+    text = check_tokens(batch, step, "text", data.context_length, len(image))
     empty = np.flatnonzero((text != self.tokenizer.pad_id).sum(axis=1) == 0)
     if empty.size:
       raise ValueError(f"batch at step {step}: rows {empty[:8].tolist()} have empty text (all "

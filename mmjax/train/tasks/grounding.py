@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax import metrics
-from mmjax.data import pipeline, shapeworld
+from mmjax.data import pipeline
 from mmjax.data.tokenizer import shapeworld_tokenizer
 from mmjax.models.captioner import Captioner, caption_loss
 from mmjax.models.grounding import (NUM_BOX_TOKENS, CoordinateDecoder, RegressionGrounder,
@@ -32,6 +32,7 @@ from mmjax.nn.text import TextTransformer
 from mmjax.nn.vit import VisionTransformer
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HEADS = ("regression", "tokens")
@@ -131,11 +132,7 @@ class GroundingTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int):
-    data = self.config.data
-    if data.name != "shapeworld":
-      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
-    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
-                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+    return shapeworld_source(self.config.data, split, length)
 
   def _loader(self, source) -> _LoadReferring:
     return _LoadReferring(source, self.tokenizer, self.config.data.context_length, self.head,
@@ -148,18 +145,14 @@ class GroundingTask(Task):
         seed=self.config.seed, process_index=process_index, process_count=process_count))
 
   def check_batch(self, batch, step: int) -> None:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    image, box = batch["image"], batch["box"]
-    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
-      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
-                       f"[batch, {size}, {size}, 3]")
+    data = self.config.data
+    image = check_images(batch, step, data.image_size)
+    box = batch["box"]
     if box.shape != (image.shape[0], 4):
       raise ValueError(f"batch at step {step}: box has shape {box.shape}, expected "
                        f"[batch={image.shape[0]}, 4]")
-    text_key = "tokens" if self.head == "tokens" else "expression"
-    if batch[text_key].ndim != 2 or batch[text_key].shape[1] != length:
-      raise ValueError(f"batch at step {step}: {text_key} has shape {batch[text_key].shape}, "
-                       f"expected [batch, {length}]")
+    check_tokens(batch, step, "tokens" if self.head == "tokens" else "expression",
+                 data.context_length, len(image))
 
   # -- model ----------------------------------------------------------------------------------
 

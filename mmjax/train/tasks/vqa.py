@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from mmjax.data import pipeline, shapeworld
+from mmjax.data import pipeline
 from mmjax.data.tokenizer import shapeworld_tokenizer
 from mmjax.models.captioner import Captioner, caption_loss
 from mmjax.models.vqa import (SHAPEWORLD_ANSWERS, GenerativeAnswerer, VQAClassifier,
@@ -30,6 +30,7 @@ from mmjax.nn.text import TextTransformer
 from mmjax.nn.vit import VisionTransformer
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HEADS = ("classifier", "generative")
@@ -141,11 +142,7 @@ class VQATask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int):
-    data = self.config.data
-    if data.name != "shapeworld":
-      raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
-    return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
-                                 image_size=data.image_size, num_objects=tuple(data.num_objects))
+    return shapeworld_source(self.config.data, split, length)
 
   def _loader(self, source) -> _LoadQuestion:
     return _LoadQuestion(source, self.tokenizer, self.config.data.context_length, self.config.seed,
@@ -158,15 +155,10 @@ class VQATask(Task):
         seed=self.config.seed, process_index=process_index, process_count=process_count))
 
   def check_batch(self, batch, step: int) -> None:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    image = batch["image"]
-    if image.ndim != 4 or image.shape[1:] != (size, size, 3):
-      raise ValueError(f"batch at step {step}: image has shape {image.shape}, expected "
-                       f"[batch, {size}, {size}, 3]")
-    text_key = "tokens" if self.head == "generative" else "question"
-    if batch[text_key].ndim != 2 or batch[text_key].shape[1] != length:
-      raise ValueError(f"batch at step {step}: {text_key} has shape {batch[text_key].shape}, "
-                       f"expected [batch, {length}]")
+    data = self.config.data
+    image = check_images(batch, step, data.image_size)
+    check_tokens(batch, step, "tokens" if self.head == "generative" else "question",
+                 data.context_length, len(image))
 
   # -- model ----------------------------------------------------------------------------------
 
