@@ -18,7 +18,9 @@ from mmjax.nn.text import TextTransformer
 from mmjax.nn.vit import VisionTransformer
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
+from mmjax.train.tasks.shapeworld_inputs import (check_images, check_tokens,
+                                                 image_text_train_batches, init_image_text,
+                                                 shapeworld_source)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -101,11 +103,7 @@ class ContrastiveTask(Task):
     return shapeworld_source(self.config.data, split, length, num_objects)
 
   def train_batches(self, process_index: int, process_count: int):
-    return iter(pipeline.image_text_batches(
-        self._source("train", self.config.data.train_length), self.tokenizer,
-        batch_size=self.config.batch_size // process_count,
-        context_length=self.config.data.context_length, seed=self.config.seed,
-        process_index=process_index, process_count=process_count))
+    return image_text_train_batches(self.config, self.tokenizer, process_index, process_count)
 
   def check_batch(self, batch, step: int) -> None:
     data = self.config.data
@@ -115,10 +113,7 @@ class ContrastiveTask(Task):
   # -- model ----------------------------------------------------------------------------------
 
   def init_params(self, rng: jax.Array) -> Any:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    tokens = jnp.zeros((1, length), jnp.int32)
-    return self._model.init(rng, images, tokens)["params"]
+    return init_image_text(self._model, rng, self.config.data)
 
   def loss_fn(self, params, batch, rng):
     del rng  # The CLIP towers are deterministic (no dropout).

@@ -32,7 +32,8 @@ from mmjax.nn.text import TextTransformer
 from mmjax.nn.vit import VisionTransformer
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
+from mmjax.train.tasks.shapeworld_inputs import (check_images, check_tokens, example_train_batches,
+                                                 init_image_text, shapeworld_source)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HEADS = ("regression", "tokens")
@@ -139,10 +140,7 @@ class GroundingTask(Task):
                           self.num_bins)
 
   def train_batches(self, process_index: int, process_count: int):
-    source = self._source("train", self.config.data.train_length)
-    return iter(pipeline.example_batches(
-        source, self._loader(source), batch_size=self.config.batch_size // process_count,
-        seed=self.config.seed, process_index=process_index, process_count=process_count))
+    return example_train_batches(self.config, self._loader, process_index, process_count)
 
   def check_batch(self, batch, step: int) -> None:
     data = self.config.data
@@ -157,10 +155,7 @@ class GroundingTask(Task):
   # -- model ----------------------------------------------------------------------------------
 
   def init_params(self, rng: jax.Array) -> Any:
-    size, length = self.config.data.image_size, self.config.data.context_length
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    tokens = jnp.zeros((1, length), jnp.int32)
-    return self._model.init(rng, images, tokens)["params"]
+    return init_image_text(self._model, rng, self.config.data)
 
   def loss_fn(self, params, batch, rng):
     del rng  # No dropout.

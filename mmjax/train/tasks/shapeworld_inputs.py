@@ -1,15 +1,21 @@
-"""What every ShapeWorld task reads the same way: its data source and the checks of a host batch.
+"""What every ShapeWorld task does the same way: its data source, its training batches, the
+checks of a host batch and the dummy inputs that initialise an (image, tokens) model.
 
 The checks raise ValueError naming the step, the field, what it was and what was expected.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmjax.data import shapeworld
+from mmjax.data import pipeline, shapeworld
+from mmjax.data.tokenizer import Tokenizer
 
 
 def shapeworld_source(data: ml_collections.ConfigDict, split: str, length: int,
@@ -21,6 +27,38 @@ def shapeworld_source(data: ml_collections.ConfigDict, split: str, length: int,
   return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
                                image_size=data.image_size,
                                num_objects=tuple(num_objects or data.num_objects))
+
+
+def image_text_train_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                             process_index: int, process_count: int,
+                             **options) -> Iterator[dict[str, np.ndarray]]:
+  """This host's (image, caption tokens) training batches of the task `config`
+  (`pipeline.image_text_batches` over the train split; `options` such as caption_choice)."""
+  data = config.data
+  return iter(pipeline.image_text_batches(
+      shapeworld_source(data, "train", data.train_length), tokenizer,
+      batch_size=config.batch_size // process_count, context_length=data.context_length,
+      seed=config.seed, process_index=process_index, process_count=process_count, **options))
+
+
+def example_train_batches(config: ml_collections.ConfigDict,
+                          make_loader: Callable[[Any], Callable[[int, int], dict]],
+                          process_index: int, process_count: int
+                          ) -> Iterator[dict[str, np.ndarray]]:
+  """This host's training batches of examples built by `make_loader(source)(position, index)`
+  over the train split (`pipeline.example_batches`): questions, referring expressions, ..."""
+  source = shapeworld_source(config.data, "train", config.data.train_length)
+  return iter(pipeline.example_batches(
+      source, make_loader(source), batch_size=config.batch_size // process_count,
+      seed=config.seed, process_index=process_index, process_count=process_count))
+
+
+def init_image_text(model: nn.Module, rng: jax.Array, data: ml_collections.ConfigDict) -> Any:
+  """`model.init(rng, images, tokens)["params"]` with zero images `[1, S, S, 3]` and tokens
+  `[1, L]` (S = data.image_size, L = data.context_length), for `(images, tokens)` models."""
+  images = jnp.zeros((1, data.image_size, data.image_size, 3), jnp.float32)
+  tokens = jnp.zeros((1, data.context_length), jnp.int32)
+  return model.init(rng, images, tokens)["params"]
 
 
 def _field(batch: Mapping[str, np.ndarray], key: str, step: int) -> np.ndarray:
