@@ -37,6 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
       # The causal decoder cross-attends to all image tokens in every block.
       text=dict(width=128, layers=2, heads=4)))
 
+  # Warm start (mmjax/train/warm_start.py): --config.init_from.workdir=runs/clip copies the image
+  # tower of a trained configs/clip_shapeworld.py run into this model before step 0; the ViT
+  # must match it: add --config.model.image.patch_size=2 --config.model.image.layers=3.
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", config="", step=-1,
+                                               params=("image_encoder:image_encoder",)))
+
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05,
       b1=0.9, b2=0.98, eps=1e-6, clip_grad_norm=1.0))

@@ -42,6 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   # DETR's matched-box loss weights (regression head only).
   c.loss = ml_collections.ConfigDict(dict(l1_weight=5.0, giou_weight=2.0))
 
+  # Warm start (mmjax/train/warm_start.py): --config.init_from.workdir=runs/clip copies the image
+  # tower of a trained configs/clip_shapeworld.py run (same ViT) into this model before step 0.
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", config="", step=-1,
+                                               params=("image_encoder:image_encoder",)))
+
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05,
       b1=0.9, b2=0.98, eps=1e-6, clip_grad_norm=1.0))

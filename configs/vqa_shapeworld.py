@@ -35,6 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
       # The question encoder (bidirectional, cross-attending to the image tokens in every block).
       text=dict(width=128, layers=2, heads=4, mlp_ratio=2.0, pool="first")))
 
+  # Warm start (mmjax/train/warm_start.py): --config.init_from.workdir=runs/clip copies the image
+  # tower of a trained configs/clip_shapeworld.py run (same ViT) into this model before step 0.
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", config="", step=-1,
+                                               params=("image_encoder:image_encoder",)))
+
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05,
       b1=0.9, b2=0.98, eps=1e-6, clip_grad_norm=1.0))

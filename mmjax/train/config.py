@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import pathlib
 from collections.abc import Sequence
 
@@ -20,6 +21,18 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {str(path)!r} defines no get_config()")
   return module.get_config()
+
+
+def load_run_config(workdir: str | pathlib.Path, hint: str = "") -> ml_collections.ConfigDict:
+  """The config a run was trained with: `<workdir>/config.json`, as `mmjax train` writes it.
+
+  JSON turns tuples into lists; every consumer of a config converts with `tuple(...)`.
+  """
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{str(workdir)!r} has no config.json (not a `mmjax train` workdir?)"
+                            + (f"; {hint}" if hint else ""))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -26,6 +26,7 @@ from mmjax.train.logging import MetricWriter
 from mmjax.train.optim import make_optimizer
 from mmjax.train.state import TrainState
 from mmjax.train.tasks import get_task_class
+from mmjax.train.warm_start import warm_start
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -134,12 +135,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
   data_iter = task.train_batches(jax.process_index(), jax.process_count())
   start = checkpointer.latest_step()
-  if start is None:
-    start, state = 0, init_fn()
-  else:
-    state = checkpointer.restore(start, abstract_state, data_iter)
-    if is_main:
-      print(f"Resumed from {checkpointer.directory / str(start)}")
+  try:
+    if start is None:
+      start, state = 0, init_fn()
+      init_from = config.get("init_from")
+      if init_from is not None and init_from.get("workdir"):
+        params, lines = warm_start(state.params, init_from, mesh, state_shardings.params)
+        state = state.replace(params=params)
+        if is_main:
+          print("\n".join(lines))
+    else:
+      state = checkpointer.restore(start, abstract_state, data_iter)
+      if is_main:
+        print(f"Resumed from {checkpointer.directory / str(start)}")
+  except BaseException:
+    checkpointer.close()
+    raise
 
   writer = MetricWriter(workdir, enabled=is_main)
   bar = tqdm(total=config.total_steps, initial=start, disable=not (progress and is_main),

@@ -11,7 +11,6 @@ autoencoder's weights are frozen host constants, never part of the trained param
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 
 from mmjax.data import shapeworld
 from mmjax.nn.autoencoder import KLAutoencoder, estimate_scaling_factor
+from mmjax.train.config import load_run_config
 
 
 class PixelSpace:
@@ -95,12 +95,8 @@ def load_latent_space(config: ml_collections.ConfigDict, data: ml_collections.Co
   from mmjax.train import sharding
   from mmjax.train.trainer import restore_params
   workdir = pathlib.Path(config.workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"autoencoder.workdir={str(workdir)!r} has no config.json; train "
-                            f"one first: mmjax train --config configs/autoencoder_shapeworld.py "
-                            f"--workdir {workdir}")
-  ae_config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  ae_config = load_run_config(workdir, f"train one first: mmjax train --config "
+                              f"configs/autoencoder_shapeworld.py --workdir {workdir}")
   if ae_config.task != "autoencoder":
     raise ValueError(f"autoencoder.workdir={str(workdir)!r} holds a {ae_config.task!r} run, "
                      "expected an 'autoencoder' run")

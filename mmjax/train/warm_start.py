@@ -1,0 +1,110 @@
+"""Warm start: copy parameter subtrees of another trained run into a new run's fresh params.
+
+Config section (off when `workdir` is empty):
+
+    c.init_from = ml_collections.ConfigDict(dict(
+        workdir="runs/clip",              # a finished (or running) run with checkpoints
+        config="",                        # its config file; "" = the workdir's config.json
+        step=-1,                          # checkpoint step; -1 = the latest
+        params=("image_encoder:image_encoder",)))   # "source/path:target/path" pairs
+
+Each pair names a subtree by its '/'-separated keys in the source run's params and in this
+run's params; the two must have the same keys, shapes and dtypes (an error lists what
+differs). Only a fresh run is warm-started: a resumed run restores its own checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+PyTree = Any
+
+
+def parse_mapping(item: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """"image_encoder:vision/encoder" -> (("image_encoder",), ("vision", "encoder"))."""
+  parts = str(item).split(":")
+  if len(parts) != 2 or not all(p.strip("/") for p in parts):
+    raise ValueError(f"init_from.params entries look like 'source/path:target/path', got {item!r}")
+  return tuple(tuple(k for k in p.strip("/").split("/")) for p in parts)
+
+
+def get_subtree(params: PyTree, path: tuple[str, ...], what: str) -> PyTree:
+  """The subtree of nested dict `params` at `path`; KeyError naming the keys that exist."""
+  node = params
+  for depth, key in enumerate(path):
+    if not hasattr(node, "keys") or key not in node:
+      where = "/".join(path[:depth]) or "<root>"
+      have = sorted(node.keys()) if hasattr(node, "keys") else "a leaf"
+      raise KeyError(f"{what} params have no {'/'.join(path)!r}: under {where!r} there is {have}")
+    node = node[key]
+  return node
+
+
+def set_subtree(params: PyTree, path: tuple[str, ...], value: PyTree) -> PyTree:
+  """A copy of nested dict `params` with the subtree at `path` replaced by `value`."""
+  if not path:
+    return value
+  head, rest = path[0], path[1:]
+  copied = dict(params)
+  copied[head] = set_subtree(params[head], rest, value)
+  return copied
+
+
+def check_same_structure(source: PyTree, target: PyTree, mapping: str) -> None:
+  """Raises ValueError listing the leaves whose path, shape or dtype differ."""
+  flat_source = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
+  flat_target = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  problems = [f"{k}: only in the source" for k in sorted(set(flat_source) - set(flat_target))]
+  problems += [f"{k}: only in this run" for k in sorted(set(flat_target) - set(flat_source))]
+  for key in sorted(set(flat_source) & set(flat_target)):
+    s, t = flat_source[key], flat_target[key]
+    if s.shape != t.shape or s.dtype != t.dtype:
+      problems.append(f"{key}: source {s.dtype}{list(s.shape)} vs this run {t.dtype}{list(t.shape)}")
+  if problems:
+    shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
+    raise ValueError(f"init_from.params {mapping!r}: the subtrees differ ({shown}); the source "
+                     "run must have the same architecture for this part")
+
+
+def source_config(init_from: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The source run's config: `init_from.config` if set, else `<workdir>/config.json`."""
+  from mmjax.train.config import load_config, load_run_config
+  if init_from.get("config"):
+    return load_config(init_from.config)
+  return load_run_config(init_from.workdir, "set init_from.config to the config file the "
+                         "source run was trained with")
+
+
+def warm_start(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
+               param_shardings: PyTree) -> tuple[PyTree, list[str]]:
+  """Returns `params` with the mapped subtrees taken from the run in `init_from.workdir`.
+
+  Args:
+    params: this run's freshly initialised params (nested dicts of arrays).
+    init_from: the config section described in the module docstring.
+    mesh: this run's mesh; the source checkpoint is restored onto its devices.
+    param_shardings: shardings of `params` (same tree); copied subtrees are placed with them.
+  Returns:
+    (new params, one line per copied subtree saying what came from where).
+  """
+  from mmjax.train.trainer import restore_params  # the trainer imports this module
+  mappings = [parse_mapping(item) for item in init_from.params]
+  if not mappings:
+    raise ValueError("init_from.workdir is set but init_from.params names no subtree to copy")
+  step = init_from.get("step", -1)
+  source = restore_params(source_config(init_from), init_from.workdir,
+                          step=None if step is None or step < 0 else int(step),
+                          devices=mesh.devices.flatten())
+  lines = []
+  for item, (source_path, target_path) in zip(init_from.params, mappings):
+    copied = get_subtree(source.params, source_path, f"the source run's ({init_from.workdir})")
+    target = get_subtree(params, target_path, "this run's")
+    check_same_structure(copied, target, item)
+    placed = jax.device_put(copied, get_subtree(param_shardings, target_path, "this run's"))
+    params = set_subtree(params, target_path, placed)
+    count = sum(x.size for x in jax.tree.leaves(copied))
+    lines.append(f"warm start: {'/'.join(target_path)} <- {init_from.workdir} step "
+                 f"{source.step} {'/'.join(source_path)} ({count:,} values)")
+  return params, lines

@@ -1,0 +1,85 @@
+"""Warm start (`init_from`): a VQA run starts from a trained CLIP run's image tower, exactly;
+mismatched towers and unknown subtrees fail clearly; a resumed run does not warm-start again."""
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import cli
+from mmjax.train.config import apply_overrides, load_config
+from mmjax.train.tasks.vqa import VQATask
+from mmjax.train.trainer import train
+from mmjax.train.warm_start import parse_mapping
+
+from conftest import ROOT, tiny_config
+
+# The tiny CLIP image tower of conftest.TINY, for a VQA model at the same image size.
+VQA_TINY = [
+    "batch_size=8", "total_steps=1", "log_every=1", "eval_every=1000", "checkpoint_every=1",
+    "data.image_size=16", "model.image.stem_channels=(4,)", "model.image.patch_size=4",
+    "model.image.width=16", "model.image.layers=1", "model.image.heads=2", "model.text.width=16",
+    "model.text.layers=1", "model.text.heads=2", "model.head_hidden=16", "eval.num_examples=10",
+    "eval.batch_size=5",
+    # Learning rate 0: updates are exactly zero, so after training the params are the
+    # warm-started ones.
+    "optim.warmup_steps=0", "optim.learning_rate=0.0",
+]
+
+
+def vqa_config(*extra):
+  return apply_overrides(load_config(ROOT / "configs" / "vqa_shapeworld.py"),
+                         VQA_TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory):
+  """A 2-step tiny CLIP run with its config.json, as `mmjax train` leaves it."""
+  workdir = tmp_path_factory.mktemp("clip")
+  config = tiny_config("total_steps=2", "checkpoint_every=2")
+  result = train(config, workdir, devices=jax.devices()[:1], progress=False)
+  cli._save_config(config, workdir)
+  return workdir, result
+
+
+def _assert_trees_equal(actual, expected):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+def test_vqa_starts_from_the_clip_image_tower_and_resume_does_not_reload(clip_run, tmp_path):
+  clip_workdir, clip_result = clip_run
+  # The source lives in a copy, deleted before the resume: a resumed run must not read it.
+  source = tmp_path / "clip_copy"
+  shutil.copytree(clip_workdir, source)
+  workdir = tmp_path / "vqa"
+  config = vqa_config(f"init_from.workdir={source}")
+  result = train(config, workdir, devices=jax.devices()[:2], progress=False)
+  _assert_trees_equal(result.state.params["image_encoder"],
+                      clip_result.state.params["image_encoder"])
+  fresh = VQATask(config).init_params(jax.random.key(config.seed))["image_encoder"]
+  assert not np.allclose(fresh["pos_embed"].unbox(), clip_result.state.params["image_encoder"]["pos_embed"])
+
+  shutil.rmtree(source)
+  resumed = train(vqa_config(f"init_from.workdir={source}", "total_steps=2"), workdir,
+                  devices=jax.devices()[:2], progress=False)
+  assert resumed.step == 2
+
+
+def test_mismatched_tower_and_unknown_subtree_fail_clearly(clip_run, tmp_path):
+  workdir, _ = clip_run
+  with pytest.raises(ValueError, match=r"subtrees differ.*this run float32\[.*32"):
+    train(vqa_config(f"init_from.workdir={workdir}", "model.image.width=32"), tmp_path / "a",
+          devices=jax.devices()[:1], progress=False)
+  with pytest.raises(KeyError, match=r"no 'vision'.*image_encoder"):
+    train(vqa_config(f"init_from.workdir={workdir}", "init_from.params=('vision:image_encoder',)"),
+          tmp_path / "b", devices=jax.devices()[:1], progress=False)
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    train(vqa_config(f"init_from.workdir={tmp_path / 'nothing'}"), tmp_path / "c",
+          devices=jax.devices()[:1], progress=False)
+  for bad in ("image_encoder", "a:b:c", ":image_encoder"):
+    with pytest.raises(ValueError, match="source/path:target/path"):
+      parse_mapping(bad)
+  assert parse_mapping("image_encoder:vision/encoder/") == (("image_encoder",),
+                                                            ("vision", "encoder"))
