@@ -8,7 +8,9 @@
 in [0, 1] (see `schedules` for the discrete-index convention). Depends on jax/numpy only.
 """
 from mmjax.diffusion.cascade import CascadeStage
+from mmjax.diffusion.cascade import refine_coarse_to_fine
 from mmjax.diffusion.cascade import sample_cascade
+from mmjax.diffusion.cascade import super_resolve
 from mmjax.diffusion.forward import denoising_loss
 from mmjax.diffusion.forward import drop_condition
 from mmjax.diffusion.forward import min_snr_weight

@@ -26,14 +26,23 @@ def q_sample(schedule: Schedule, x0, t, noise):
           + expand_to(sigma, x0).astype(dtype) * noise.astype(dtype))
 
 
-def sample_train_times(key, batch_size: int, schedule: Schedule):
-  """Training times [B]: uniform over the T grid times (n + 1) / T of a discrete schedule,
-  uniform in (0, 1] for a continuous one."""
+def sample_train_times(key, batch_size: int, schedule: Schedule, max_time: float = 1.0):
+  """Training times [B]: uniform over the T grid times (n + 1) / T <= max_time of a discrete
+  schedule, uniform in (0, max_time] for a continuous one.
+
+  max_time < 1 trains only the low-noise end of the schedule, as SDXL's refiner (which only
+  ever sees partly noised images in img2img). A Python float in (0, 1]; on a discrete
+  schedule at least the first grid time 1 / T is kept.
+  """
+  if not 0.0 < max_time <= 1.0:
+    raise ValueError(f"max_time must be in (0, 1], got {max_time}")
   if schedule.discrete:
-    index = jax.random.randint(key, (batch_size,), 0, schedule.num_train_steps)
+    # The epsilon keeps e.g. 0.3 * 1000 = 299.99999... on grid time 300.
+    count = max(1, int(max_time * schedule.num_train_steps + 1e-6))
+    index = jax.random.randint(key, (batch_size,), 0, count)
     return schedule.time_from_index(index)
   u = jax.random.uniform(key, (batch_size,), schedule.dtype)
-  return 1.0 - u  # (0, 1]: t = 0 has infinite SNR and carries no training signal
+  return max_time * (1.0 - u)  # (0, max_time]: t = 0 has infinite SNR, no training signal
 
 
 def min_snr_weight(log_snr, prediction: str, gamma: float = 5.0):

@@ -108,3 +108,20 @@ def test_condition_dropout():
   np.testing.assert_array_equal(np.asarray(dropped["mask"])[:, 0], keep)
   with pytest.raises(ValueError, match="structure"):
     diffusion.drop_condition(jax.random.key(0), cond, dict(text=null["text"]), 0.1)
+
+
+def test_max_time_restricts_train_times():
+  discrete = diffusion.linear_schedule(num_train_steps=10)
+  t = np.asarray(diffusion.sample_train_times(jax.random.key(0), 2000, discrete, max_time=0.3))
+  np.testing.assert_allclose(np.sort(np.unique(np.round(t * 10))), [1, 2, 3])
+  tiny = np.asarray(diffusion.sample_train_times(jax.random.key(0), 50, discrete, max_time=0.01))
+  np.testing.assert_allclose(tiny, 0.1)  # at least the first grid time
+  continuous = diffusion.linear_schedule(discrete=False)
+  t = np.asarray(diffusion.sample_train_times(jax.random.key(0), 2000, continuous, max_time=0.3))
+  assert t.min() > 0 and t.max() <= 0.3 and t.max() > 0.29
+  full = diffusion.sample_train_times(jax.random.key(0), 2000, continuous)
+  np.testing.assert_array_equal(full, diffusion.sample_train_times(jax.random.key(0), 2000,
+                                                                   continuous, max_time=1.0))
+  for bad in (0.0, 1.5):
+    with pytest.raises(ValueError, match="max_time must be in"):
+      diffusion.sample_train_times(jax.random.key(0), 4, discrete, max_time=bad)

@@ -9,6 +9,7 @@ _TASKS = {
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
     "grounding": "mmjax.train.tasks.grounding:GroundingTask",
+    "superres": "mmjax.train.tasks.superres:SuperResolutionTask",
     "vqa": "mmjax.train.tasks.vqa:VQATask",
 }
 

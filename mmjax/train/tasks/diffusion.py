@@ -67,20 +67,25 @@ class TextToImageDenoiser(nn.Module):
     return self.null_context[:length], jnp.ones((length,), bool)
 
   def denoise(self, x_t: jax.Array, t: jax.Array, context: jax.Array,
-              context_mask: jax.Array) -> jax.Array:
-    """`x_t [B, H, W, 3]`, `t [B]` -> model output `[B, H, W, 3]` float32."""
-    return self.unet(x_t, t, context=context, context_mask=context_mask)
+              context_mask: jax.Array, **unet_inputs: jax.Array) -> jax.Array:
+    """`x_t [B, H, W, 3]`, `t [B]` -> model output `[B, H, W, 3]` float32.
 
-  def __call__(self, x_t: jax.Array, t: jax.Array, tokens: jax.Array) -> jax.Array:
+    `unet_inputs`: further UNet conditioning (a super-resolution stage's `low_res`,
+    `aug_level`)."""
+    return self.unet(x_t, t, context=context, context_mask=context_mask, **unet_inputs)
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, tokens: jax.Array,
+               **unet_inputs: jax.Array) -> jax.Array:
     """Conditional output for `tokens [B, L]` (touches every parameter, for `init`)."""
     context, mask = self.encode_text(tokens)
     self.null_condition(tokens.shape[1])
-    return self.denoise(x_t, t, context, mask)
+    return self.denoise(x_t, t, context, mask, **unet_inputs)
 
 
 def build_denoiser(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, eos_id: int,
-                   context_length: int) -> TextToImageDenoiser:
-  """The denoiser from `config.model` (dtype, attention_impl, text tower, unet)."""
+                   context_length: int, **unet_extras) -> TextToImageDenoiser:
+  """The denoiser from `config.model` (dtype, attention_impl, text tower, unet); `unet_extras`
+  are further `UNet` attributes (e.g. `low_res_channels` for a super-resolution stage)."""
   if config.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
   dtype = DTYPES[config.dtype]
@@ -94,7 +99,7 @@ def build_denoiser(config: ml_collections.ConfigDict, vocab_size: int, pad_id: i
               attention_levels=tuple(u.attention_levels), mid_attention=u.mid_attention,
               num_heads=u.num_heads, context_dim=config.text.width, num_groups=u.num_groups,
               dropout_rate=u.dropout_rate, scale_shift=u.scale_shift, dtype=dtype,
-              attention_impl=config.attention_impl)
+              attention_impl=config.attention_impl, **unet_extras)
   return TextToImageDenoiser(text=text, unet=unet)
 
 
@@ -140,12 +145,17 @@ class DiffusionTask(Task):
     super().__init__(config)
     self.tokenizer = shapeworld_tokenizer()
     self._model = build_denoiser(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
-                                 self.tokenizer.eos_id, config.data.context_length)
+                                 self.tokenizer.eos_id, config.data.context_length,
+                                 **self._unet_extras())
     self.schedule = build_schedule(config.diffusion)
     cfg = config.diffusion
     parameterization.check_prediction(cfg.prediction)
     if not 0.0 <= cfg.cfg_dropout <= 1.0:
       raise ValueError(f"diffusion.cfg_dropout must be in [0, 1], got {cfg.cfg_dropout}")
+    # < 1 for a refiner that only learns the low-noise end (see `refine`).
+    self.max_train_time = float(cfg.get("max_train_time", 1.0))
+    if not 0.0 < self.max_train_time <= 1.0:
+      raise ValueError(f"diffusion.max_train_time must be in (0, 1], got {self.max_train_time}")
     autoencoder = config.get("autoencoder")
     if autoencoder is not None and autoencoder.workdir:
       self.space = load_latent_space(autoencoder, config.data)
@@ -182,20 +192,32 @@ class DiffusionTask(Task):
 
   # -- model ----------------------------------------------------------------------------------
 
+  def _unet_extras(self) -> dict[str, Any]:
+    """Further `UNet` attributes for this task's denoiser (none for text-to-image)."""
+    return {}
+
+  def _extra_condition(self, x0: jax.Array, key: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """UNet inputs besides x_t, t and the text for clean data `x0 [B, ...]` (none for
+    text-to-image; a super-resolution stage adds its noise-augmented low-res image)."""
+    del x0, key, train
+    return {}
+
   def init_params(self, rng: jax.Array) -> Any:
     length = self.config.data.context_length
     x = jnp.zeros((1,) + self.space.shape, jnp.float32)
     tokens = jnp.zeros((1, length), jnp.int32).at[:, 0].set(self.tokenizer.bos_id)
-    return self._model.init(rng, x, jnp.ones((1,), jnp.float32), tokens)["params"]
+    extra = self._extra_condition(x, rng, train=False)
+    return self._model.init(rng, x, jnp.ones((1,), jnp.float32), tokens, **extra)["params"]
 
-  def _apply(self, params, *args, method):
-    return self._model.apply({"params": params}, *args, method=method)
+  def _apply(self, params, *args, method, **kwargs):
+    return self._model.apply({"params": params}, *args, method=method, **kwargs)
 
   def _denoise_fn(self, params):
-    """`(x_t, t, context, context_mask) -> output`: the library's `denoise_fn` contract."""
-    def denoise_fn(x_t, t, context, context_mask):
+    """`(x_t, t, context, context_mask, **extra) -> output`: the library's `denoise_fn`
+    contract (`extra`: see `_extra_condition`)."""
+    def denoise_fn(x_t, t, context, context_mask, **extra):
       return self._apply(params, x_t, t, context, context_mask,
-                         method=TextToImageDenoiser.denoise)
+                         method=TextToImageDenoiser.denoise, **extra)
     return denoise_fn
 
   def _condition(self, params, tokens):
@@ -209,10 +231,12 @@ class DiffusionTask(Task):
     x0 = self.space.encode(batch["image"], encode_key)
     cond, null = self._condition(params, batch["text"])
     cond, keep = diffusion.drop_condition(drop_key, cond, null, cfg.cfg_dropout)
-    t = diffusion.sample_train_times(time_key, x0.shape[0], self.schedule)
+    t = diffusion.sample_train_times(time_key, x0.shape[0], self.schedule,
+                                     max_time=self.max_train_time)
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
     x_t = diffusion.q_sample(self.schedule, x0, t, noise)
-    output = self._denoise_fn(params)(x_t, t, **cond)
+    extra = self._extra_condition(x0, jax.random.fold_in(rng, 1), train=True)
+    output = self._denoise_fn(params)(x_t, t, **cond, **extra)
     per_example = diffusion.denoising_loss(output, x0, noise, t, self.schedule,
                                            prediction=cfg.prediction, reduce=False)
     if cfg.min_snr_gamma is None:
@@ -248,6 +272,8 @@ class DiffusionTask(Task):
       def losses(params, images, tokens, noise):
         x0 = self.space.encode(images)
         cond, _ = self._condition(params, tokens)
+        cond.update(self._extra_condition(x0, jax.random.key(self.config.eval.seed),
+                                          train=False))
         denoise = self._denoise_fn(params)
 
         def at(time):
@@ -282,48 +308,109 @@ class DiffusionTask(Task):
     Returns:
       float32 `[P * num_samples, H, W, 3]` in [0, 1], prompt-major.
     """
+    tokens, count = self._sampling_tokens(prompts, num_samples, steps, sampler)
+    run = self._jitted(("sample", sampler, int(steps), tokens is None),
+                       lambda: self._sample_fn(sampler, int(steps)))
+    images = run(params, count, tokens, jax.random.key(seed), jnp.float32(guidance))
+    return np.asarray(sharding.to_host(images))
+
+  def refine(self, params, coarse_images, prompts: Sequence[str] | None, *, strength: float = 0.3,
+             steps: int = 20, guidance: float = 3.0, sampler: str = "dpmpp_2m",
+             seed: int = 0) -> np.ndarray:
+    """Coarse-to-fine refinement (SDXL-refiner style SDEdit) with this model.
+
+    The coarse images are upsampled to `data.image_size`, noised to t = strength and
+    denoised with classifier-free guidance (`mmjax.diffusion.refine_coarse_to_fine`). A
+    refiner is trained with `diffusion.max_train_time` >= strength (it never sees more noise).
+
+    Args:
+      coarse_images: `[N, h, w, 3]` in [0, 1], any resolution up to `data.image_size`.
+      prompts: N captions, one per image, or None (null context).
+      strength: in (0, 1], traced (changing it does not recompile).
+    Returns:
+      float32 `[N, S, S, 3]` in [0, 1].
+    """
+    if not isinstance(self.space, PixelSpace):
+      raise ValueError("refine needs a pixel-space model (no autoencoder.workdir)")
+    coarse = np.asarray(coarse_images, np.float32)
+    if coarse.ndim != 4 or coarse.shape[-1] != 3 or not len(coarse):
+      raise ValueError(f"coarse_images must be [N, h, w, 3] with N >= 1, got {coarse.shape}")
+    if not 0.0 < float(strength) <= 1.0:
+      raise ValueError(f"strength must be in (0, 1], got {strength}")
+    available = round(float(strength) * self.schedule.num_train_steps)
+    if self.schedule.discrete and int(steps) > max(available, 1):
+      # Otherwise the uniform grid repeats a time and the sampler divides by sigma = 0.
+      raise ValueError(f"steps={steps} exceeds the {available} training timesteps below "
+                       f"strength={strength} (diffusion.num_train_steps="
+                       f"{self.schedule.num_train_steps}); use fewer steps or more strength")
+    tokens, count = self._sampling_tokens(prompts, 1, steps, sampler)
+    if prompts is not None and count != len(coarse):
+      raise ValueError(f"give one prompt per coarse image: {count} prompts, {len(coarse)} images")
+    run = self._jitted(("refine", sampler, int(steps), tokens is None),
+                       lambda: self._refine_fn(sampler, int(steps)))
+    images = run(params, len(coarse), tokens, jax.random.key(seed), jnp.float32(guidance),
+                 coarse, jnp.float32(strength))
+    return np.asarray(sharding.to_host(images))
+
+  def _sampling_tokens(self, prompts, num_samples, steps, sampler):
+    """Validates sampling arguments; returns (tokens `[P * num_samples, L]` prompt-major or
+    None for unconditional sampling, the number of images to draw)."""
     if sampler not in diffusion.SAMPLERS:
       raise ValueError(f"unknown sampler {sampler!r}, expected one of {diffusion.SAMPLERS}")
     if int(num_samples) < 1 or int(steps) < 1:
       raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
-    length = self.config.data.context_length
     if prompts is None:
-      tokens = None
-    else:
-      if isinstance(prompts, str) or not len(prompts):
-        raise ValueError(f"prompts must be a non-empty list of str (or None), got {prompts!r}")
-      tokens = np.repeat(self.tokenizer.encode_batch(list(prompts), length), num_samples, axis=0)
-    count = num_samples * (1 if prompts is None else len(prompts))
-    key = (sampler, int(steps), tokens is None)
-    if key not in self._samplers:
-      self._samplers[key] = jax.jit(self._sample_fn(sampler, int(steps), tokens is None),
-                                    static_argnums=1)
-    images = self._samplers[key](params, count, tokens, jax.random.key(seed),
-                                 jnp.float32(guidance))
-    return np.asarray(sharding.to_host(images))
-
-  def _sample_fn(self, sampler: str, steps: int, unconditional: bool):
+      return None, int(num_samples)
+    if isinstance(prompts, str) or not len(prompts):
+      raise ValueError(f"prompts must be a non-empty list of str (or None), got {prompts!r}")
     length = self.config.data.context_length
-    prediction = self.config.diffusion.prediction
-    # Clip x0 predictions to the data range in pixel space; latents are unbounded.
-    extra = ({"x0_transform": diffusion.static_thresholding(1.0)} if self.space.thresholding
-             else {})
+    tokens = np.repeat(self.tokenizer.encode_batch(list(prompts), length), num_samples, axis=0)
+    return tokens, len(tokens)
 
+  def _jitted(self, key, build):
+    """`jax.jit(build(), static_argnums=1)` (argument 1: the image count), once per key."""
+    if key not in self._samplers:
+      self._samplers[key] = jax.jit(build(), static_argnums=1)
+    return self._samplers[key]
+
+  def _guided_denoiser(self, params, tokens, count: int, guidance):
+    """(denoise_fn, cond) for sampling `count` images: classifier-free guidance around the
+    text of `tokens [count, L]`, or the null context alone when tokens is None."""
+    length = self.config.data.context_length
+    denoise = self._denoise_fn(params)
+    null_context, null_mask = self._apply(params, length, method=TextToImageDenoiser.null_condition)
+    if tokens is None:
+      return denoise, {"context": jnp.broadcast_to(null_context, (count,) + null_context.shape),
+                       "context_mask": jnp.broadcast_to(null_mask, (count, length))}
+    cond, _ = self._condition(params, tokens)
+    return diffusion.classifier_free_guidance(
+        denoise, guidance, uncond={"context": null_context, "context_mask": null_mask}), cond
+
+  def _sampler_options(self) -> dict[str, Any]:
+    """`sample` keywords shared by every sampling path: the prediction type and, in pixel
+    space, clipping of x0 predictions to the data range (latents are unbounded)."""
+    options = {"prediction": self.config.diffusion.prediction}
+    if self.space.thresholding:
+      options["x0_transform"] = diffusion.static_thresholding(1.0)
+    return options
+
+  def _sample_fn(self, sampler: str, steps: int):
     def run(params, count, tokens, key, guidance):
       noise_key, sampler_key = jax.random.split(key)
       x_T = jax.random.normal(noise_key, (count,) + self.space.shape, jnp.float32)
-      denoise = self._denoise_fn(params)
-      null_context, null_mask = self._apply(params, length,
-                                            method=TextToImageDenoiser.null_condition)
-      if unconditional:
-        cond = {"context": jnp.broadcast_to(null_context, (count,) + null_context.shape),
-                "context_mask": jnp.broadcast_to(null_mask, (count, length))}
-      else:
-        cond, _ = self._condition(params, tokens)
-        denoise = diffusion.classifier_free_guidance(
-            denoise, guidance, uncond={"context": null_context, "context_mask": null_mask})
+      denoise, cond = self._guided_denoiser(params, tokens, count, guidance)
       x0 = diffusion.sample(denoise, sampler_key, x_T, self.schedule, sampler=sampler,
-                            num_steps=steps, prediction=prediction, cond=cond, **extra)
+                            num_steps=steps, cond=cond, **self._sampler_options())
+      return self.space.decode(x0)
+    return run
+
+  def _refine_fn(self, sampler: str, steps: int):
+    def run(params, count, tokens, key, guidance, coarse, strength):
+      denoise, cond = self._guided_denoiser(params, tokens, count, guidance)
+      x0 = diffusion.refine_coarse_to_fine(
+          denoise, key, self.space.encode(coarse), self.schedule, shape=self.space.shape,
+          strength=strength, num_steps=steps, sampler=sampler, cond=cond,
+          **self._sampler_options())
       return self.space.decode(x0)
     return run
 
