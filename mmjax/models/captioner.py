@@ -7,8 +7,9 @@ Training uses `Captioner.__call__` (teacher forcing) and `caption_loss`. Decodin
     step_fn = functools.partial(model.decode_step, params)
     out = decoding.beam_search(step_fn, cache, prompt, prompt_lengths, num_beams=4, ...)
 
-The cache (`CaptionCache`) holds the image tokens and the decoder's self-attention K/V, every
-leaf batch-first, so beam search expands and reorders the image conditioning with the rows.
+The cache (`CaptionCache`) holds the image tokens, the decoder's self-attention K/V and its
+cross-attention K/V (projected from the image tokens once, in `init_cache`), every leaf
+batch-first, so beam search expands and reorders the image conditioning with the rows.
 """
 from __future__ import annotations
 
@@ -166,13 +167,14 @@ class Captioner(nn.Module):
     batch = image_tokens.shape[0]
     tokens = jnp.zeros((batch, max_length), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(max_length, dtype=jnp.int32), (batch, max_length))
-    decoder = self.clone(decode=True)
-    _, shapes = jax.eval_shape(
-        lambda p, t, i, pos: decoder.apply({"params": p}, t, i, pos, method=Captioner.decode_tokens,
-                                           mutable=["cache"]),
-        params, tokens, image_tokens, positions)
-    kv = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-    return CaptionCache(image_tokens, kv)
+    # A cache-creating pass: it sizes the self-attention caches (left zero) from the
+    # max_length dummy tokens and projects the image tokens to every layer's cross-attention
+    # keys/values, which the decoding steps then reuse. Only the cache is kept, so XLA drops
+    # the rest of this pass under jit.
+    _, variables = self.clone(decode=True).apply(
+        {"params": params}, tokens, image_tokens, positions, method=Captioner.decode_tokens,
+        mutable=["cache"])
+    return CaptionCache(image_tokens, variables["cache"])
 
   @nn.nowrap
   def decode_step(self, params: PyTree, tokens: jax.Array, cache: CaptionCache,

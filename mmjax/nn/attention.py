@@ -101,6 +101,11 @@ class MultiHeadAttention(nn.Module):
       With `positions` `[B, Tq]`, token t of row b is written to slot `positions[b, t]` and
       attends to slots `<= positions[b, t]` of its own row (ragged prompts, beam search);
       that cache holds no shared index, so every leaf is batch-first.
+      Cross-attention (`inputs_kv` given) with decode=True projects `inputs_kv` to keys and
+      values once, on the call that creates the cache, and stores them (`cached_cross_key`/
+      `cached_cross_value` `[B, Tk, H, Dh]`); later calls reuse them and never read
+      `inputs_kv` again, so a decoding step costs O(Tk) attention, not a re-projection of the
+      whole context.
   """
   num_heads: int
   head_dim: int | None = None
@@ -155,8 +160,15 @@ class MultiHeadAttention(nn.Module):
       chex.assert_rank(inputs_kv, 3)
       chex.assert_equal(inputs_q.shape[0], inputs_kv.shape[0])
       query = dense("query", heads_shape, ("embed", "heads", "kv"))(inputs_q)
-      kv = dense("kv", (2,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_kv)
-      key, value = kv[:, :, 0], kv[:, :, 1]
+      if self.decode and self.has_variable("cache", "cached_cross_key"):
+        key = self.get_variable("cache", "cached_cross_key")
+        value = self.get_variable("cache", "cached_cross_value")
+      else:
+        kv = dense("kv", (2,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_kv)
+        key, value = kv[:, :, 0], kv[:, :, 1]
+        if self.decode:
+          self.put_variable("cache", "cached_cross_key", key)
+          self.put_variable("cache", "cached_cross_value", value)
 
     if causal and not self.decode:
       mask = combine_masks(mask, make_causal_mask(inputs_q.shape[1]))

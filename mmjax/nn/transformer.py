@@ -57,7 +57,8 @@ class TransformerBlock(nn.Module):
 
   Attributes:
     cross_attention: add a cross-attention sub-layer over `context` (decoders, fusion).
-    decode: KV-cached self-attention (autoregressive decoding); see `MultiHeadAttention`.
+    decode: KV-cached self-attention (autoregressive decoding) and cross-attention keys/values
+      projected once from the context; see `MultiHeadAttention`.
   """
   num_heads: int
   mlp_dim: int
@@ -86,7 +87,7 @@ class TransformerBlock(nn.Module):
       if context is None:
         raise ValueError("this block has cross_attention=True but was called without context")
       h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
-      x = x + attn("cross_attn", False)(h, context, mask=context_mask)
+      x = x + attn("cross_attn", self.decode)(h, context, mask=context_mask)
     h = layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
                      gelu_approximate=self.gelu_approximate, name="mlp")(h)

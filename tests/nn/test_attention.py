@@ -71,6 +71,24 @@ def test_kv_cache_decoding_matches_full_forward():
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_cross_attention_cache_projects_the_context_once():
+  """decode=True cross-attention stores K/V on the cache-creating call and then never reads
+  `inputs_kv` again: later calls with another context give the first context's output."""
+  q = jax.random.normal(jax.random.key(0), (2, 3, 16))
+  ctx = jax.random.normal(jax.random.key(1), (2, 7, 12))
+  params = MultiHeadAttention(num_heads=2).init(jax.random.key(2), q, ctx)["params"]
+  expected = MultiHeadAttention(num_heads=2).apply({"params": params}, q, ctx)
+  decoder = MultiHeadAttention(num_heads=2, decode=True)
+  out, variables = decoder.apply({"params": params}, q, ctx, mutable=["cache"])
+  cache = variables["cache"]
+  assert cache["cached_cross_key"].shape == (2, 7, 2, 8)
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+  for start in range(3):  # one query token at a time, against the cached context
+    step, _ = decoder.apply({"params": params, "cache": cache}, q[:, start:start + 1],
+                            jnp.zeros_like(ctx), mutable=["cache"])
+    np.testing.assert_allclose(step, expected[:, start:start + 1], rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_compute_keeps_float32_params():
   x = jnp.ones((1, 4, 16), jnp.bfloat16)
   module = MultiHeadAttention(num_heads=2, dtype=jnp.bfloat16)
