@@ -114,6 +114,29 @@ def replicate_from_host(tree: Any, mesh: Mesh, sharding: NamedSharding | None = 
   return jax.tree.map(put, tree)
 
 
+def map_in_chunks(fn, arrays: tuple[np.ndarray, ...], mesh: Mesh, batch_size: int, *,
+                  host: bool = True) -> list[tuple[int, Any]]:
+  """Runs `fn(*chunk)` over host `arrays` (all `[N, ...]`, every process holding them in full)
+  in fixed-size chunks, zero-padded and sharded over the batch axes: one compilation of `fn`
+  whatever N is.
+
+  The chunk is `batch_size` rounded up to the data-parallel size. Returns [(rows, output)] per
+  chunk, `output` covering the padded chunk (slice it to `rows`): on the host (numpy, via
+  `to_host`) or, with `host=False`, the device arrays.
+  """
+  dp = data_parallel_size(mesh)
+  chunk = -(-int(batch_size) // dp) * dp
+  outputs = []
+  for start in range(0, len(arrays[0]), chunk):
+    parts = [np.asarray(a[start:start + chunk]) for a in arrays]
+    count = len(parts[0])
+    padded = tuple(np.concatenate([p, np.zeros((chunk - count,) + p.shape[1:], p.dtype)])
+                   for p in parts)
+    output = fn(*replicate_from_host(padded, mesh, batch_sharding(mesh)))
+    outputs.append((count, to_host(output) if host else output))
+  return outputs
+
+
 def to_host(tree: Any) -> Any:
   """Fetches fully replicated (or single-process) arrays to numpy on every process."""
   def get(x):

@@ -5,6 +5,7 @@ import importlib
 
 _TASKS = {
     "autoencoder": "mmjax.train.tasks.autoencoder:AutoencoderTask",
+    "blip": "mmjax.train.tasks.blip:BLIPTask",
     "captioning": "mmjax.train.tasks.captioning:CaptionTask",
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",

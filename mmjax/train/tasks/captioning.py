@@ -25,9 +25,9 @@ from mmjax.data.tokenizer import shapeworld_tokenizer, split_words
 from mmjax.models.captioner import Captioner, caption_loss
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import (check_images, check_tokens,
-                                                 image_text_train_batches, init_image_text,
-                                                 shapeworld_source)
+from mmjax.train.tasks.caption_generation import CaptionGeneration
+from mmjax.train.tasks.shapeworld_inputs import (check_caption_batch, image_text_train_batches,
+                                                 init_image_text, shapeworld_source)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -96,7 +96,7 @@ def attribute_metrics(captions: list[str], labels: dict[str, np.ndarray]) -> dic
   return results
 
 
-class CaptionTask(Task):
+class CaptionTask(CaptionGeneration, Task):
   """ShapeWorld captioning; evaluation by BLEU-4, CIDEr-D and attribute accuracies."""
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -127,19 +127,7 @@ class CaptionTask(Task):
                                     caption_choice="random")
 
   def check_batch(self, batch, step: int) -> None:
-    data = self.config.data
-    image = check_images(batch, step, data.image_size)
-    text = check_tokens(batch, step, "text", data.context_length, len(image),
-                        what="BOS + caption + EOS, padded")
-    tok = self.tokenizer
-    if (text[:, 0] != tok.bos_id).any():
-      rows = np.flatnonzero(text[:, 0] != tok.bos_id)
-      raise ValueError(f"batch at step {step}: text rows {rows[:8].tolist()} do not start with "
-                       f"BOS (id {tok.bos_id}); expected BOS + caption + EOS")
-    empty = np.flatnonzero(np.isin(text[:, 1], (tok.eos_id, tok.pad_id)))
-    if len(empty):
-      raise ValueError(f"batch at step {step}: text rows {empty[:8].tolist()} hold an empty "
-                       f"caption; expected at least one word between BOS and EOS")
+    check_caption_batch(batch, step, self.config.data, self.tokenizer)
 
   # -- model ----------------------------------------------------------------------------------
 
@@ -180,25 +168,6 @@ class CaptionTask(Task):
              for key in ("num_objects", "shape", "colour", "size")})
     return self._eval_cache
 
-  def _chunk_size(self, mesh: Mesh) -> int:
-    """Rows per eval call: `eval.batch_size` rounded up to the data-parallel size."""
-    dp = sharding.data_parallel_size(mesh)
-    return -(-self.config.eval.batch_size // dp) * dp
-
-  def _run_chunked(self, fn, arrays: tuple[np.ndarray, ...], mesh: Mesh) -> list:
-    """[(rows, host output)] of `fn` on fixed-size, batch-sharded, zero-padded chunks of host
-    `arrays` (all `[N, ...]`): one compilation whatever N is."""
-    chunk = self._chunk_size(mesh)
-    outputs = []
-    for start in range(0, len(arrays[0]), chunk):
-      parts = [a[start:start + chunk] for a in arrays]
-      count = len(parts[0])
-      padded = tuple(np.concatenate([p, np.zeros((chunk - count,) + p.shape[1:], p.dtype)])
-                     for p in parts)
-      placed = sharding.replicate_from_host(padded, mesh, sharding.batch_sharding(mesh))
-      outputs.append((count, sharding.to_host(fn(*placed))))
-    return outputs
-
   def _generate(self, params, images: jax.Array) -> jax.Array:
     """Caption tokens int32 `[B, max_new_tokens]` (EOS then padding) for images `[B, H, W, 3]`."""
     cfg, tok = self.config.eval, self.tokenizer
@@ -213,15 +182,6 @@ class CaptionTask(Task):
                                length_penalty=cfg.length_penalty, **common)
     return out.tokens[:, 0]
 
-  def generate_captions(self, params, images: np.ndarray, mesh: Mesh) -> list[str]:
-    """Decoded captions (N str) of host images float32 `[N, H, W, 3]` in [0, 1]."""
-    if "generate" not in self._jitted:
-      self._jitted["generate"] = jax.jit(self._generate)
-    fn = functools.partial(self._jitted["generate"], params)
-    tokens = np.concatenate([out[:count] for count, out in
-                             self._run_chunked(fn, (images,), mesh)])
-    return self.tokenizer.decode_batch(tokens)
-
   def _loss_sums(self, params, images, text):
     """(summed token NLL, target count) of `text` `[B, L]` given `images` `[B, H, W, 3]`."""
     logits = self._model.apply({"params": params}, images, text)
@@ -235,7 +195,8 @@ class CaptionTask(Task):
       self._jitted["loss"] = jax.jit(self._loss_sums)
     fn = functools.partial(self._jitted["loss"], params)
     images = data["image"][data["text_to_image"]]
-    sums = self._run_chunked(fn, (images, data["text"]), mesh)
+    sums = sharding.map_in_chunks(fn, (images, data["text"]), mesh,
+                                  self.config.eval.batch_size)
     return float(sum(s for _, (s, _) in sums) / max(sum(c for _, (_, c) in sums), 1.0))
 
   def caption_metrics(self, captions: list[str]) -> dict[str, float]:

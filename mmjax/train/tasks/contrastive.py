@@ -1,6 +1,7 @@
 """Contrastive image-text training (CLIP / SigLIP) on ShapeWorld or a user image-text source."""
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any
 
@@ -167,20 +168,12 @@ class ContrastiveTask(Task):
 
   def embed(self, params, array: np.ndarray, method: str, mesh: Mesh) -> jax.Array:
     """Embeds host `array` `[N, ...]` in fixed-size, batch-sharded chunks -> `[N, E]` on device."""
-    chunk = self.config.eval.batch_size
-    dp = sharding.data_parallel_size(mesh)
-    chunk = -(-chunk // dp) * dp
     if method not in self._jitted:
       self._jitted[method] = jax.jit(
           lambda params, x: self._model.apply({"params": params}, x, method=method))
-    fn = self._jitted[method]
-    outs = []
-    for start in range(0, len(array), chunk):
-      part = array[start:start + chunk]
-      padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
-      placed = sharding.replicate_from_host(padded, mesh, sharding.batch_sharding(mesh))
-      outs.append(fn(params, placed)[:len(part)])
-    return jnp.concatenate(outs)
+    fn = functools.partial(self._jitted[method], params)
+    chunks = sharding.map_in_chunks(fn, (array,), mesh, self.config.eval.batch_size, host=False)
+    return jnp.concatenate([out[:count] for count, out in chunks])
 
   def zero_shot_embeddings(self, params, mesh: Mesh) -> dict[str, Any]:
     """Embeddings of the zero-shot evaluation.

@@ -195,8 +195,6 @@ class GroundingTask(Task):
   def predict(self, params, mesh: Mesh) -> np.ndarray:
     """Predicted boxes float32 `[N, 4]` (x0, y0, x1, y1) of the eval examples (host)."""
     data = self._eval_data()
-    dp = sharding.data_parallel_size(mesh)
-    chunk = -(-self.config.eval.batch_size // dp) * dp
     if self._predict_fn is None:
       self._predict_fn = jax.jit(self._predict)
     if self.head == "tokens":  # Leave the decoder's last positions to the 4 box tokens.
@@ -204,15 +202,12 @@ class GroundingTask(Task):
       lengths = data["prompt_length"]
     else:
       text, lengths = data["expression"], np.ones(len(data["box"]), np.int32)
-    pad = lambda x, n: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
-    outputs = []
-    for start in range(0, len(text), chunk):
-      count = len(text[start:start + chunk])
-      inputs = (pad(data["image"][start:start + chunk], chunk), pad(text[start:start + chunk], chunk),
-                np.maximum(pad(lengths[start:start + chunk], chunk), 1))
-      placed = sharding.replicate_from_host(inputs, mesh, sharding.batch_sharding(mesh))
-      outputs.append(sharding.to_host(self._predict_fn(params, *placed))[:count])
-    return np.concatenate(outputs).astype(np.float32)
+    # Padding rows get prompt length 1 (BOS only) so that decoding them stays well defined.
+    chunks = sharding.map_in_chunks(
+        lambda images, text, lengths: self._predict_fn(params, images, text,
+                                                       jnp.maximum(lengths, 1)),
+        (data["image"], text, lengths), mesh, self.config.eval.batch_size)
+    return np.concatenate([out[:count] for count, out in chunks]).astype(np.float32)
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
     data = self._eval_data()

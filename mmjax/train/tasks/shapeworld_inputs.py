@@ -80,6 +80,23 @@ def check_images(batch: Mapping[str, np.ndarray], step: int, image_size: int,
   return image
 
 
+def check_caption_batch(batch: Mapping[str, np.ndarray], step: int,
+                        data: ml_collections.ConfigDict, tokenizer: Tokenizer) -> None:
+  """A captioning batch: float images `[B, S, S, 3]` and `text` int `[B, L]` rows of BOS +
+  caption (at least one word) + EOS, padded (S = data.image_size, L = data.context_length)."""
+  image = check_images(batch, step, data.image_size)
+  text = check_tokens(batch, step, "text", data.context_length, len(image),
+                      what="BOS + caption + EOS, padded")
+  if (text[:, 0] != tokenizer.bos_id).any():
+    rows = np.flatnonzero(text[:, 0] != tokenizer.bos_id)
+    raise ValueError(f"batch at step {step}: text rows {rows[:8].tolist()} do not start with "
+                     f"BOS (id {tokenizer.bos_id}); expected BOS + caption + EOS")
+  empty = np.flatnonzero(np.isin(text[:, 1], (tokenizer.eos_id, tokenizer.pad_id)))
+  if len(empty):
+    raise ValueError(f"batch at step {step}: text rows {empty[:8].tolist()} hold an empty "
+                     f"caption; expected at least one word between BOS and EOS")
+
+
 def check_tokens(batch: Mapping[str, np.ndarray], step: int, key: str, context_length: int,
                  batch_size: int, what: str = "token ids, padded") -> np.ndarray:
   """`batch[key]` must be integer `[batch_size, context_length]`; returns it."""

@@ -1,0 +1,247 @@
+"""BLIP pre-training (ITC + ITM + LM) on ShapeWorld, on the contrastive task's data and eval.
+
+loss = itc_weight L_ITC + itm_weight L_ITM + lm_weight L_LM over one global batch:
+  L_ITC  the contrastive task's `contrastive_loss` on the unimodal embeddings;
+  L_ITM  2-way CE over [N positives; N (image, mined text); N (mined image, text)], negatives
+         drawn by `losses.mine_itm_negatives` from the ITC logits of the GLOBAL batch (the
+         train step is one `jax.jit` over batch-sharded arrays); identical captions, and with
+         `loss.itm_positives="label"` also pairs of the same class label, are never negatives;
+  L_LM   next-token CE of BOS + `lm_prompt` + caption + EOS; the prompt is given, not scored.
+
+`BLIPTask` is a `ContrastiveTask` (same data stream, batch checks, zero-shot and R@K eval
+through `encode_image`/`encode_text`), plus i2t R@1 after ITM re-ranking of the top ITC
+candidates and greedy-caption BLEU-4 / CIDEr-D (`CaptionGeneration`, shared with captioning).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax import decoding, losses, metrics
+from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.models.blip import BLIP
+from mmjax.models.captioner import caption_loss
+from mmjax.train import sharding
+from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.caption_generation import CaptionGeneration
+from mmjax.train.tasks.contrastive import DTYPES, ContrastiveTask, contrastive_loss
+from mmjax.train.tasks.shapeworld_inputs import check_caption_batch
+
+LOSS_WEIGHTS = ("itc_weight", "itm_weight", "lm_weight")
+ITM_POSITIVES = ("caption", "label")
+
+
+def build_blip(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int,
+               max_length: int) -> BLIP:
+  """`BLIP` from `config.model` (image.*: the ViT, text.*: the text transformer, embed_dim,
+  mlp_ratio, logit_scale_init, dtype); `max_length` = context length + prompt length."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+  image, text = config.image, config.text
+  return BLIP(vocab_size=vocab_size, max_length=max_length, embed_dim=config.embed_dim,
+              patch_size=image.patch_size, vision_width=image.width, vision_layers=image.layers,
+              vision_heads=image.heads, vision_pool=image.pool,
+              stem_channels=tuple(image.stem_channels), text_width=text.width,
+              text_layers=text.layers, text_heads=text.heads, mlp_ratio=config.mlp_ratio,
+              pad_id=pad_id, logit_scale_init=config.logit_scale_init,
+              dtype=DTYPES[config.dtype], attention_impl=config.attention_impl,
+              remat=config.remat)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  loss = config.loss
+  if loss.kind != "clip":
+    raise ValueError(f"loss.kind must be 'clip' for BLIP (its ITC is InfoNCE), got {loss.kind!r}")
+  weights = [loss[name] for name in LOSS_WEIGHTS]
+  if min(weights) < 0 or max(weights) <= 0:
+    raise ValueError(f"loss weights {dict(zip(LOSS_WEIGHTS, weights))} must be >= 0 with at "
+                     "least one > 0")
+  if config.batch_size < 2 and loss.itm_weight > 0:
+    raise ValueError(f"ITM mines negatives inside the batch: batch_size must be >= 2, got "
+                     f"{config.batch_size}")
+  if loss.itm_positives not in ITM_POSITIVES:
+    raise ValueError(f"loss.itm_positives must be one of {ITM_POSITIVES}, got "
+                     f"{loss.itm_positives!r}")
+  if loss.itm_positives == "label" and tuple(config.data.num_objects) != (1, 1):
+    raise ValueError(f"loss.itm_positives='label' treats equal labels (the FIRST object's "
+                     f"class) as matches, which holds for single-object scenes only; with "
+                     f"data.num_objects={tuple(config.data.num_objects)} use 'caption'")
+  for name in ("itm_rerank_k", "caption_images"):
+    if config.eval[name] < 0:
+      raise ValueError(f"eval.{name} must be >= 0 (0 = off), got {config.eval[name]}")
+
+
+class BLIPTask(CaptionGeneration, ContrastiveTask):
+  """ITC + ITM + LM; evaluation: zero-shot, R@K, ITM-re-ranked i2t R@1, caption BLEU-4."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    Task.__init__(self, config)  # ContrastiveTask.__init__ would build a CLIP.
+    _check_config(config)
+    self.tokenizer = tok = shapeworld_tokenizer()
+    prompt = config.loss.lm_prompt.strip()
+    self.prompt_ids = np.asarray(tok.encode(prompt) if prompt else [], np.int32)
+    if (self.prompt_ids == tok.unk_id).any():
+      raise ValueError(f"loss.lm_prompt {config.loss.lm_prompt!r} has words outside the "
+                       "ShapeWorld vocabulary")
+    # Decoder rows: BOS + prompt + caption + EOS, the caption part as long as a batch's text.
+    self.lm_length = config.data.context_length + len(self.prompt_ids)
+    self.max_new_tokens = config.data.context_length - 1  # caption words + EOS after the prompt
+    self._model = build_blip(config.model, tok.vocab_size, tok.pad_id, self.lm_length)
+    self._eval_cache = None
+    self._jitted = {}
+
+  @property
+  def model(self) -> BLIP:
+    return self._model
+
+  def check_batch(self, batch, step: int) -> None:
+    check_caption_batch(batch, step, self.config.data, self.tokenizer)
+    if self.config.loss.itm_positives != "label":
+      return
+    label, size = batch.get("label"), len(batch["text"])
+    if label is None or np.shape(label) != (size,) or not np.issubdtype(np.asarray(label).dtype,
+                                                                        np.integer):
+      got = "no 'label'" if label is None else (f"label of shape {np.shape(label)} dtype "
+                                                f"{np.asarray(label).dtype}")
+      raise ValueError(f"batch at step {step}: loss.itm_positives='label' needs int 'label' "
+                       f"[{size}] (class ids, -1 = unknown), got {got}")
+
+  # -- loss -----------------------------------------------------------------------------------
+
+  def itm_positive_mask(self, batch) -> jax.Array:
+    """bool `[B, B]`: pairs never mined as ITM negatives. Identical caption rows, and with
+    `loss.itm_positives="label"` pairs whose `label` `[B]` is equal and >= 0 (ShapeWorld's
+    class of the first object: the whole scene up to size and position in single-object data,
+    where captions of one class are paraphrases, i.e. false negatives)."""
+    mask = losses.positive_mask_from_ids(batch["text"])
+    if self.config.loss.itm_positives == "label":
+      label = batch["label"]
+      mask = mask | (losses.positive_mask_from_ids(label) & (label >= 0)[:, None])
+    return mask
+
+  def lm_inputs(self, text: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Decoder rows for `text` int `[B, L]` (BOS + caption + EOS + padding).
+
+    Returns:
+      tokens int32 `[B, L + P]` = BOS + prompt + caption + EOS + padding, and prompt_mask bool
+      `[B, L + P]`, True at the P prompt tokens (given, so left out of the LM loss).
+    """
+    batch = text.shape[0]
+    num_prompt = len(self.prompt_ids)
+    prompt = jnp.broadcast_to(jnp.asarray(self.prompt_ids), (batch, num_prompt))
+    tokens = jnp.concatenate([text[:, :1], prompt.astype(text.dtype), text[:, 1:]], axis=1)
+    index = jnp.arange(tokens.shape[1])
+    prompt_mask = jnp.broadcast_to((index >= 1) & (index <= num_prompt), tokens.shape)
+    return tokens, prompt_mask
+
+  def loss_fn(self, params, batch, rng):
+    model, variables, cfg = self._model, {"params": params}, self.config.loss
+    images, text = batch["image"], batch["text"]
+    image_tokens, image_emb = model.apply(variables, images, method=BLIP.image_features)
+    text_emb = model.apply(variables, text, method=BLIP.encode_text)
+    logit_scale = model.apply(variables, method=BLIP.logit_params)["logit_scale"]
+    itc = contrastive_loss({"image_emb": image_emb, "text_emb": text_emb,
+                            "logit_scale": logit_scale}, cfg, self.mesh)
+    itm, itm_accuracy = self._itm_loss(variables, rng, image_tokens, image_emb, text_emb,
+                                       logit_scale, text, self.itm_positive_mask(batch))
+    lm_tokens, prompt_mask = self.lm_inputs(text)
+    lm_logits = model.apply(variables, lm_tokens, image_tokens, method=BLIP.lm_logits)
+    lm = caption_loss(lm_logits, lm_tokens, self.tokenizer.pad_id, prompt_mask)
+    loss = cfg.itc_weight * itc + cfg.itm_weight * itm + cfg.lm_weight * lm
+    return loss, {"itc_loss": itc, "itm_loss": itm, "lm_loss": lm,
+                  "itm_accuracy": itm_accuracy, "temperature": jnp.exp(-logit_scale)}
+
+  def _itm_loss(self, variables, rng, image_tokens, image_emb, text_emb, logit_scale, text,
+                positive_mask):
+    """(ITM loss, accuracy) on [positives; image-negatives; text-negatives], `3B` rows."""
+    sim = (image_emb @ text_emb.T) * jnp.exp(logit_scale)
+    negatives = losses.mine_itm_negatives(rng, sim, positive_mask)
+    itm_images = jnp.concatenate([image_tokens, image_tokens,
+                                  image_tokens[negatives.image_index]])
+    itm_text = jnp.concatenate([text, text[negatives.text_index], text])
+    logits = self._model.apply(variables, itm_images, itm_text, method=BLIP.itm_logits)
+    n = text.shape[0]
+    valid = jnp.concatenate([negatives.text_valid, negatives.image_valid])
+    loss = losses.itm_loss(logits[:n], logits[n:], valid)
+    weights = jnp.concatenate([jnp.ones((n,), bool), valid]).astype(jnp.float32)
+    labels = (jnp.arange(3 * n) < n).astype(jnp.int32)  # 1 = match
+    hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return loss, (hits * weights).sum() / weights.sum()
+
+  def loss_and_grad(self, params, batch, rng):
+    return Task.loss_and_grad(self, params, batch, rng)  # no GradCache: ITM needs the batch
+
+  def init_params(self, rng: jax.Array) -> Any:
+    size, length = self.config.data.image_size, self.lm_length
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    tokens = jnp.zeros((1, length), jnp.int32)
+    return self._model.init(rng, images, tokens)["params"]
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    """ContrastiveTask's zero-shot and R@K metrics, `i2t_r@1_itm`, `bleu4` and `cider_d`."""
+    results = super().evaluate(params, mesh)
+    if self.config.eval.itm_rerank_k:
+      results["i2t_r@1_itm"] = self.itm_rerank_recall(params, mesh)
+    if self.config.eval.caption_images:
+      results.update(self.caption_metrics(params, mesh))
+    return results
+
+  def _itm_scores(self, params, images: jax.Array, candidates: jax.Array) -> jax.Array:
+    """Match logit minus no-match logit `[C, K]` of images `[C, H, W, 3]` with their candidate
+    texts int `[C, K, L]`."""
+    model, variables = self._model, {"params": params}
+    image_tokens = model.apply(variables, images, method=BLIP.encode_image_tokens)
+    count, k, length = candidates.shape
+    logits = model.apply(variables, jnp.repeat(image_tokens, k, axis=0),
+                         candidates.reshape(count * k, length), method=BLIP.itm_logits)
+    return (logits[:, 1] - logits[:, 0]).reshape(count, k)
+
+  def itm_rerank_recall(self, params, mesh: Mesh) -> float:
+    """i2t R@1 on the retrieval set when each image's top-`eval.itm_rerank_k` ITC texts are
+    re-ranked by the ITM head (the image-grounded encoder), as BLIP retrieves."""
+    data = self._eval_data()["retrieval"]
+    image_emb = self.embed(params, data["image"], "encode_image", mesh)
+    text_emb = self.embed(params, data["text"], "encode_text", mesh)
+    k = min(self.config.eval.itm_rerank_k, len(data["text"]))
+    candidates = sharding.to_host(jax.lax.top_k(image_emb @ text_emb.T, k)[1])  # [N, K]
+    if "itm" not in self._jitted:
+      self._jitted["itm"] = jax.jit(self._itm_scores)
+    fn = functools.partial(self._jitted["itm"], params)
+    scores = np.concatenate([out[:count] for count, out in
+                             sharding.map_in_chunks(fn, (data["image"], data["text"][candidates]),
+                                                    mesh, self.config.eval.batch_size)])
+    best = candidates[np.arange(len(candidates)), scores.argmax(1)]
+    return float(np.mean(data["text_to_image"][best] == np.arange(len(candidates))))
+
+  def _generate(self, params, images: jax.Array) -> jax.Array:
+    """Greedy caption tokens int32 `[B, max_new_tokens]` (EOS then padding) after BOS +
+    prompt, for images `[B, H, W, 3]`."""
+    tok = self.tokenizer
+    prompt = np.concatenate([[tok.bos_id], self.prompt_ids]).astype(np.int32)
+    prompt = jnp.broadcast_to(jnp.asarray(prompt), (images.shape[0], len(prompt)))
+    cache = self._model.init_cache(params, images, prompt.shape[1] + self.max_new_tokens)
+    step_fn = functools.partial(self._model.decode_step, params)
+    return decoding.greedy(step_fn, cache, prompt, max_new_tokens=self.max_new_tokens,
+                           eos_id=tok.eos_id, pad_id=tok.pad_id).tokens
+
+  def caption_metrics(self, params, mesh: Mesh) -> dict[str, float]:
+    """bleu4 (corpus, in [0, 1]) and cider_d of greedy captions of the first
+    `eval.caption_images` retrieval images, each against its 5 reference captions."""
+    data = self._eval_data()["retrieval"]
+    count = min(self.config.eval.caption_images, len(data["image"]))
+    references = [[] for _ in range(count)]
+    for caption, owner in zip(data["captions"], data["text_to_image"]):
+      if owner < count:
+        references[owner].append(caption)
+    captions = self.generate_captions(params, data["image"][:count], mesh)
+    self.last_captions = captions
+    return {"bleu4": metrics.corpus_bleu(captions, references) / 100.0,
+            "cider_d": metrics.cider_d(captions, references)}
