@@ -77,7 +77,7 @@ def sample_checkpoint(config, workdir: pathlib.Path, args) -> pathlib.Path:
   images = run.task.sample(run.params, args.prompt, num_samples=args.num_samples, **options)
   out = pathlib.Path(args.out) if args.out else workdir / "samples_cli.png"
   if jax.process_index() == 0:
-    from mmjax.train.tasks.diffusion import save_image_grid
+    from mmjax.train.plots import save_image_grid
     save_image_grid(out, images, columns=args.num_samples, zoom=int(defaults.get("zoom", 1)))
   return out
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from mmjax import metrics
 from mmjax.data import shapeworld
-from mmjax.train.tasks.diffusion import save_image_grid
+from mmjax.train.plots import save_image_grid
 from mmjax.train.trainer import restore_params
 
 SIZES = ("large", "small")

@@ -12,7 +12,8 @@ from mmjax.train import sharding
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.logging import read_jsonl
 from mmjax.train.tasks.autoencoder import AutoencoderTask
-from mmjax.train.tasks.diffusion import DiffusionTask, save_image_grid
+from mmjax.train.plots import save_image_grid
+from mmjax.train.tasks.diffusion import DiffusionTask
 from mmjax.train.trainer import train
 
 from conftest import ROOT

@@ -162,7 +162,7 @@ class AutoencoderTask(Task):
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
     """`reconstructions.png`: originals (top row) above their reconstructions; `loss.png`."""
     from mmjax.train import plots
-    from mmjax.train.tasks.diffusion import save_image_grid
+    from mmjax.train.plots import save_image_grid
     cfg = self.config.artifacts
     originals = self.eval_images()[:cfg.num_images]
     recon = self.reconstruct(params, originals, mesh)

@@ -111,33 +111,6 @@ def build_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
   return SCHEDULES[config.schedule](config.num_train_steps, discrete=config.discrete)
 
 
-def save_image_grid(path: pathlib.Path, images: np.ndarray, columns: int, zoom: int = 1,
-                    padding: int = 2) -> pathlib.Path:
-  """Writes images `[N, H, W, 3]` in [0, 1] as a PNG grid of `columns` per row.
-
-  Each image is upscaled `zoom` times (nearest); the PNG is
-  `columns * (zoom W + padding) + padding` wide and `rows * (zoom H + padding) + padding` high.
-  """
-  from PIL import Image
-  images = np.asarray(images)
-  if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
-    raise ValueError(f"images must be [N, H, W, 3] with N >= 1, got shape {images.shape}")
-  count, height, width, _ = images.shape
-  rows = -(-count // columns)
-  cell_h, cell_w = zoom * height + padding, zoom * width + padding
-  canvas = np.full((rows * cell_h + padding, columns * cell_w + padding, 3), 255, np.uint8)
-  pixels = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
-  pixels = pixels.repeat(zoom, axis=1).repeat(zoom, axis=2)
-  for index, image in enumerate(pixels):
-    top = padding + (index // columns) * cell_h
-    left = padding + (index % columns) * cell_w
-    canvas[top:top + zoom * height, left:left + zoom * width] = image
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(canvas).save(path)
-  return path
-
-
 class DiffusionTask(Task):
   """Text-to-image denoising (eps/v/x0 MSE, optional min-SNR) with condition dropout for CFG."""
 
@@ -422,7 +395,7 @@ class DiffusionTask(Task):
                          seed=cfg.seed)
     if jax.process_index() != 0:
       return []
-    grid = save_image_grid(workdir / "samples.png", images, columns=cfg.num_per_prompt,
+    grid = plots.save_image_grid(workdir / "samples.png", images, columns=cfg.num_per_prompt,
                            zoom=cfg.zoom)
     (workdir / "samples.txt").write_text("\n".join(cfg.prompts) + "\n")
     return [plots.loss_curve(workdir), grid]

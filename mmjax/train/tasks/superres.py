@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from mmjax import diffusion
 from mmjax.data import pipeline
 from mmjax.train import sharding
-from mmjax.train.tasks.diffusion import DiffusionTask, save_image_grid
+from mmjax.train.tasks.diffusion import DiffusionTask
 from mmjax.train.tasks.diffusion_spaces import PixelSpace
 
 
@@ -258,7 +258,7 @@ class SuperResolutionTask(DiffusionTask):
       return []
     upsampled = np.asarray(jax.image.resize(low, images.shape, method="bilinear"))
     grid = np.stack([upsampled, samples, images], axis=1).reshape((-1,) + images.shape[1:])
-    path = save_image_grid(workdir / "samples.png", grid, columns=3, zoom=cfg.zoom)
+    path = plots.save_image_grid(workdir / "samples.png", grid, columns=3, zoom=cfg.zoom)
     (workdir / "samples.txt").write_text(
         "columns: bilinear upsampling | super-resolution | original\n" + "\n".join(captions)
         + "\n")
