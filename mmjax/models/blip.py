@@ -23,7 +23,6 @@ Decoding uses the `mmjax.decoding` step-function interface, exactly like `Captio
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -48,8 +47,9 @@ class BLIPCache(NamedTuple):
 
   Attributes:
     image_tokens: `[B, S, vision_width]` the decoder cross-attends to.
-    kv: the Flax "cache" collection of the causal self-attentions: per layer `cached_key` /
-      `cached_value` `[B, max_length, heads, head_dim]`.
+    kv: the Flax "cache" collection: per layer the causal self-attention's `cached_key` /
+      `cached_value` `[B, max_length, heads, head_dim]` and the cross-attention's
+      `cached_cross_key` / `cached_cross_value` `[B, S, heads, head_dim]`.
   """
   image_tokens: jax.Array
   kv: PyTree
@@ -60,7 +60,8 @@ class BLIPTextBlock(nn.Module):
 
   `mode` picks the self-attention: bidirectional "self_attn" ("text", "grounded") or causal
   "causal_self_attn" ("decoder"); the cross-attention and MLP are the same parameters in every
-  mode. `decode` KV-caches the causal self-attention only.
+  mode. `decode` KV-caches the causal self-attention and, in decoder mode, the cross-attention
+  K/V of the image tokens (projected once, by `BLIP.init_cache`).
   """
   num_heads: int
   mlp_dim: int
@@ -86,7 +87,7 @@ class BLIPTextBlock(nn.Module):
     x = x + attention(self_attn, self.decode and causal)(
         h, mask=mask, causal=causal, positions=positions if causal else None)
     if image_tokens is not None:
-      x = x + attention("cross_attn", False)(norm("ln_cross")(x), image_tokens)
+      x = x + attention("cross_attn", self.decode and causal)(norm("ln_cross")(x), image_tokens)
     h = norm("ln_mlp")(x)
     return x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
                         gelu_approximate=self.gelu_approximate, name="mlp")(h)
@@ -288,11 +289,11 @@ class BLIP(nn.Module):
     image_tokens = self.apply({"params": params}, images, method=BLIP.encode_image_tokens)
     slots = jnp.broadcast_to(jnp.arange(max_length, dtype=jnp.int32),
                              (image_tokens.shape[0], max_length))
-    # A decoder call on an empty "cache" collection allocates it; only its shapes are kept.
-    _, abstract_kv = jax.eval_shape(functools.partial(self._decode, params, {}), slots,
-                                    image_tokens, slots)
-    return BLIPCache(image_tokens, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                abstract_kv))
+    # A decoder call on an empty "cache" collection allocates it: zero self-attention caches
+    # sized by these max_length dummy tokens, and every layer's cross-attention K/V projected
+    # from the image tokens once, reused by every step. Under jit the rest of the pass is dead.
+    _, kv = self._decode(params, {}, slots, image_tokens, slots)
+    return BLIPCache(image_tokens, kv)
 
   @nn.nowrap
   def decode_step(self, params: PyTree, tokens: jax.Array, cache: BLIPCache,
