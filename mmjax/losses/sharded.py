@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mmjax.losses.contrastive import (check_block_size, check_embeddings, check_scalar,
-                                      compute_dtype, from_blocks, lse_pass, softmax_grad_pass,
-                                      to_blocks)
-from mmjax.losses.sigmoid import sigmoid_grad_pass, sigmoid_input_grads, softplus_pass
+from mmjax.losses._tiling import (check_block_size, check_embeddings, check_scalar,
+                                  compute_dtype, from_blocks, lse_pass, sigmoid_grad_pass,
+                                  sigmoid_input_grads, softmax_grad_pass, softplus_pass,
+                                  to_blocks)
 
 
 # --------------------------------------------------------------------------------------------

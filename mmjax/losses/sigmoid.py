@@ -14,80 +14,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mmjax.losses.contrastive import (check_block_size, check_embeddings, check_scalar,
-                                      compute_dtype, from_blocks, masked, tile_logits, tile_scan,
-                                      tile_trace, to_blocks)
-
-
-def softplus_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature, bias, acc,
-                  has_diagonal=True):
-  """Adds sum_ij softplus(x_ij + bias) and sum_i x_ii over the tiles of x = U V^T / t.
-
-  Args:
-    u_blocks, u_valid: `[nu, b, D]`, `[nu, b]` from `to_blocks`.
-    v_blocks, v_valid: `[nv, b, D]`, `[nv, b]`.
-    inv_temperature, bias: scalars in the compute dtype.
-    acc: `[nu, 2]` per-row-block accumulator of (softplus sum, positives' logit sum).
-    has_diagonal: (bool scalar) whether tile (k, k) carries the positives (see `lse_pass`).
-
-  Returns:
-    Updated acc `[nu, 2]`.
-  """
-
-  def tile_fn(u_block, v_block, row_x, col_x, acc, col_state):
-    (row_valid, row_index), (col_valid, col_index) = row_x, col_x
-    x = tile_logits(u_block, v_block, inv_temperature)
-    softplus_sum = jnp.sum(masked(jax.nn.softplus(x + bias), row_valid, col_valid, 0))
-    trace = tile_trace(x, row_valid, has_diagonal & (row_index == col_index))
-    return acc + jnp.stack([softplus_sum, trace]), col_state
-
-  acc, _ = tile_scan(tile_fn, u_blocks, v_blocks, (u_valid, jnp.arange(len(u_blocks))),
-                     (v_valid, jnp.arange(len(v_blocks))), acc, None)
-  return acc
-
-
-def sigmoid_grad_pass(u_blocks, u_valid, v_blocks, v_valid, inv_temperature, bias, weight,
-                      du, dv, stats):
-  """Accumulates the off-diagonal part of the sigmoid-loss gradient, tile by tile.
-
-  With x = U V^T * inv_temperature and P_ij = weight * sigmoid(x_ij + bias): du += P V,
-  dv += P^T U, stats += (sum P, sum P * x) (all before the inv_temperature factor).
-
-  Args:
-    u_blocks, u_valid: `[nu, b, D]`, `[nu, b]`.
-    v_blocks, v_valid: `[nv, b, D]`, `[nv, b]`.
-    inv_temperature, bias, weight: scalars in the compute dtype.
-    du: `[nu, b, D]`, dv: `[nv, b, D]`, stats: `[nu, 2]` accumulators.
-
-  Returns:
-    Updated (du, dv, stats).
-  """
-
-  def tile_fn(u_block, v_block, row_valid, col_valid, row_state, dv_block):
-    du_block, stats = row_state
-    x = tile_logits(u_block, v_block, inv_temperature)
-    p = masked(weight * jax.nn.sigmoid(x + bias), row_valid, col_valid, 0)
-    dtype = p.dtype
-    du_block = du_block + jnp.einsum("ij,jd->id", p, v_block, preferred_element_type=dtype)
-    dv_block = dv_block + jnp.einsum("ij,id->jd", p, u_block, preferred_element_type=dtype)
-    stats = stats + jnp.stack([jnp.sum(p), jnp.sum(p * x)])
-    return (du_block, stats), dv_block
-
-  (du, stats), dv = tile_scan(tile_fn, u_blocks, v_blocks, u_valid, v_valid, (du, stats), dv)
-  return du, dv, stats
-
-
-def sigmoid_input_grads(image_emb, text_emb, inv_temperature, weight, du, dv, stats, diag_x, n):
-  """Turns the accumulated off-diagonal sums into (d_image, d_text, d_temperature, d_bias).
-
-  `diag_x` is sum_i x_ii and `n` the number of diagonal (positive) pairs that `weight` covers.
-  """
-  dtype = inv_temperature.dtype
-  d_image = (du - weight * text_emb.astype(dtype)) * inv_temperature
-  d_text = (dv - weight * image_emb.astype(dtype)) * inv_temperature
-  d_bias = stats[0] - weight * n
-  d_temperature = -(stats[1] - weight * diag_x) * inv_temperature
-  return d_image, d_text, d_temperature, d_bias
+from mmjax.losses._tiling import (check_block_size, check_embeddings, check_scalar,
+                                  compute_dtype, from_blocks, sigmoid_grad_pass,
+                                  sigmoid_input_grads, softplus_pass, to_blocks)
 
 
 def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, temperature, bias, *,
