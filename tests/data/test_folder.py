@@ -1,5 +1,13 @@
-"""ImageTextFolder (JSONL + images): items, resizing, errors, and the pipeline reading it."""
+"""ImageTextFolder (JSONL + images) and TfdsImageText: items, resizing, errors, pipeline.
+
+TfdsImageText is checked against tests/fixtures/tfds (made by its make_fixture.py with
+tensorflow-datasets): always on the records `tfds.data_source` served, through a stand-in
+module, and with the real tfds on the prepared data when it is installed.
+"""
 import json
+import pathlib
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -96,7 +104,88 @@ def test_pipeline_reads_the_folder(folder):
   assert out["captions"] == ["green in the middle", "a grey square", "grey", "white"]
 
 
-def test_tfds_source_is_optional():
-  tfds = pytest.importorskip("tensorflow_datasets")
+TFDS_FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "tfds"
+
+
+def tfds_expected():
+  """(data set name, [{captions, label, example}] per served index) from make_fixture.py."""
+  expected = json.loads((TFDS_FIXTURE / "expected.json").read_text(encoding="utf-8"))
+  return expected["name"], expected["records"]
+
+
+def fixture_image(example):
+  """The generator's uint8 [8, 12, 3] image of `example` (make_fixture.example_image)."""
+  rows, cols = np.mgrid[:8, :12]
+  return np.stack([cols * 20, rows * 30, np.full_like(rows, 50 * example)], -1).astype(np.uint8)
+
+
+def served_records():
+  """The fixture's examples rebuilt as `tfds.data_source(...)[i]` served them."""
+  served = np.load(TFDS_FIXTURE / "served_records.npz")
+  served_types = json.loads(str(served["types"]))
+  _, expected = tfds_expected()
+  records = []
+  for i, kinds in enumerate(served_types):
+    # The npz holds values; served_types says which Python types tfds served them as.
+    texts = [bytes(text) for text in served[f"captions_text_{i}"]]
+    if kinds["captions_text"].startswith("ndarray"):
+      texts = np.array(texts, dtype=object)
+    label = served[f"label_{i}"][()]
+    label = int(label) if kinds["label"] == "int" else label
+    record = {"image": served[f"image_{i}"], "captions": {"text": texts}, "label": label,
+              "id": expected[i]["example"]}
+    assert sorted(record) == kinds["keys"]
+    assert f"{type(texts).__name__} of {type(texts[0]).__name__}" == kinds["captions_text"]
+    assert type(label).__name__ == kinds["label"] and str(record["image"].dtype) == kinds["image"]
+    records.append(record)
+  return records
+
+
+def tfds_source(**kwargs):
   from mmjax.data.folder import TfdsImageText
-  assert tfds is not None and TfdsImageText is not None
+  name, _ = tfds_expected()
+  return TfdsImageText(name, "train", lambda f: f["captions"]["text"],
+                       label_fn=lambda f: f["label"], image_size=8,
+                       data_dir=str(TFDS_FIXTURE / "data"), **kwargs)
+
+
+def assert_tfds_items(ds):
+  _, expected = tfds_expected()
+  assert len(ds) == len(expected)
+  for i, want in enumerate(expected):
+    item = ds[i]
+    assert item["captions"] == tuple(want["captions"]) and item["label"] == want["label"]
+    # Centre crop of the 8 x 12 image to 8 x 8: the same scale, columns 2..9.
+    np.testing.assert_array_equal(item["image"], fixture_image(want["example"])[:, 2:10])
+
+
+def test_tfds_source_reads_what_tfds_serves(monkeypatch):
+  calls = []
+
+  def data_source(name, *, split, data_dir=None):
+    calls.append((name, split, data_dir))
+    return served_records()
+
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                      types.SimpleNamespace(data_source=data_source))
+  ds = tfds_source()
+  assert calls == [(tfds_expected()[0], "train", str(TFDS_FIXTURE / "data"))]
+  assert_tfds_items(ds)
+  with pytest.raises(ValueError, match="no image feature 'picture'"):
+    tfds_source(image_key="picture")[0]
+  records = served_records()
+  records[1]["captions"]["text"] = [b"  "]
+  monkeypatch.setattr(ds, "source", records)
+  with pytest.raises(ValueError, match="example 1: caption 0 is empty"):
+    ds[1]
+
+
+def test_tfds_source_without_tfds_names_the_package(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  with pytest.raises(ImportError, match="tensorflow-datasets"):
+    tfds_source()
+
+
+def test_tfds_source_reads_the_prepared_fixture_with_real_tfds():
+  pytest.importorskip("tensorflow_datasets")  # optional: mmjax[data]
+  assert_tfds_items(tfds_source())

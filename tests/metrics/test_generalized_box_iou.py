@@ -1,9 +1,15 @@
-"""generalized_box_iou against a naive per-pair formula and torchvision (when importable)."""
+"""generalized_box_iou against a naive per-pair formula and a committed torchvision fixture."""
+import pathlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.metrics.boxes import generalized_box_iou, matched_box_iou
+from mmjax.metrics.boxes import box_iou, generalized_box_iou, matched_box_iou
+
+TORCHVISION_FIXTURE = (pathlib.Path(__file__).parents[1] / "fixtures" / "giou"
+                       / "giou_torchvision.npz")
 
 
 def _random_boxes(rng, shape):
@@ -37,18 +43,19 @@ def test_matches_naive_formula_on_batched_boxes():
   assert np.all((got >= -1) & (got <= 1))
 
 
-def test_matches_torchvision_diagonal():
-  torch = pytest.importorskip("torch")
-  ops = pytest.importorskip("torchvision.ops")
-  rng = np.random.default_rng(1)
-  boxes1, boxes2 = _random_boxes(rng, (16,)), _random_boxes(rng, (16,))
-  expected = np.diag(ops.generalized_box_iou(torch.tensor(boxes1), torch.tensor(boxes2)).numpy())
-  got = generalized_box_iou(jnp.asarray(boxes1, jnp.float32), jnp.asarray(boxes2, jnp.float32))
-  np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+def test_matches_torchvision_fixture():
+  # torchvision.ops on fixed boxes, written by tests/fixtures/giou/make_fixture.py.
+  fixture = np.load(TORCHVISION_FIXTURE)
+  boxes1 = jnp.asarray(fixture["boxes1"], jnp.float32)[:, None]
+  boxes2 = jnp.asarray(fixture["boxes2"], jnp.float32)[None, :]
+  boxes1, boxes2 = jnp.broadcast_arrays(boxes1, boxes2)
+  np.testing.assert_allclose(np.asarray(jax.jit(generalized_box_iou)(boxes1, boxes2)),
+                             fixture["generalized_box_iou"], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.jit(box_iou)(boxes1[:, 0], boxes2[0])),
+                             fixture["box_iou"], atol=1e-6)
 
 
 def test_gradient_is_finite_and_nonzero_for_disjoint_boxes():
-  import jax
   target = jnp.array([0.6, 0.6, 0.9, 0.9])
   grad = jax.grad(lambda box: generalized_box_iou(box, target, eps=1e-7))(
       jnp.array([0.1, 0.1, 0.3, 0.3]))
