@@ -1,0 +1,12 @@
+"""Evaluators: each owns its data and metric and sees the model only through jittable
+predict functions `(params, inputs) -> outputs`, so BLIP, CLIP and a converted public checkpoint
+are scored by the same code. Every evaluator takes host numpy data at construction, runs its
+predict functions over a mesh in fixed-size chunks (`sharding.map_in_chunks`) and returns
+`evaluate(params, mesh) -> dict[str, float]` on every process.
+"""
+from mmjax.train.evaluators.captioning import CaptioningEvaluator
+from mmjax.train.evaluators.chunked import predict_in_chunks
+from mmjax.train.evaluators.grounding import GroundingEvaluator
+from mmjax.train.evaluators.retrieval import RetrievalEvaluator
+from mmjax.train.evaluators.vqa import VQAEvaluator
+from mmjax.train.evaluators.zero_shot import ZeroShotEvaluator
