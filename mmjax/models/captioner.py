@@ -1,24 +1,27 @@
 """Image captioner: ViT encoder + causal text decoder cross-attending to the image tokens.
 
-Training uses `Captioner.__call__` (teacher forcing) and `caption_loss`. Decoding uses the
-`mmjax.decoding` step-function interface:
+Training uses `Captioner.__call__` (teacher forcing) and `mmjax.losses.caption_loss`. Decoding
+uses the `mmjax.decoding` step-function interface (implemented once, for BLIP too, in
+`mmjax.models.decoding_cache`):
 
     cache = model.init_cache(params, images, max_length=P + N)   # encodes the images once
     step_fn = functools.partial(model.decode_step, params)
     out = decoding.beam_search(step_fn, cache, prompt, prompt_lengths, num_beams=4, ...)
 
-The cache (`CaptionCache`) holds the image tokens, the decoder's self-attention K/V and its
-cross-attention K/V (projected from the image tokens once, in `init_cache`), every leaf
-batch-first, so beam search expands and reorders the image conditioning with the rows.
+The cache (`CaptionCache`, i.e. `decoding_cache.DecodingCache`) holds the image tokens, the
+decoder's self-attention K/V and its cross-attention K/V (projected from the image tokens
+once, in `init_cache`), every leaf batch-first, so beam search expands and reorders the image
+conditioning with the rows.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import decoding_cache
 from mmjax.nn.text import embed_tokens
 from mmjax.nn.transformer import Transformer, dense
 from mmjax.nn.vit import VisionTransformer
@@ -26,17 +29,8 @@ from mmjax.nn.vit import VisionTransformer
 Dtype = Any
 PyTree = Any
 
-
-class CaptionCache(NamedTuple):
-  """Decoding state for B rows.
-
-  Attributes:
-    image_tokens: `[B, S, vision_width]` encoder output the decoder cross-attends to.
-    kv: the decoder's Flax "cache" collection: per layer `cached_key`/`cached_value`
-      `[B, max_length, heads, head_dim]`.
-  """
-  image_tokens: jax.Array
-  kv: PyTree
+# The Captioner's name for the one image-conditioned decoding cache.
+CaptionCache = decoding_cache.DecodingCache
 
 
 class TextDecoder(nn.Module):
@@ -160,21 +154,9 @@ class Captioner(nn.Module):
 
     `max_length` (prompt + new tokens) must not exceed the model's `max_length`.
     """
-    if not 0 < max_length <= self.max_length:
-      raise ValueError(f"cache max_length must be in [1, {self.max_length}] (the decoder's "
-                       f"learned positions), got {max_length}")
-    image_tokens = self.apply({"params": params}, images, method=Captioner.encode_image)
-    batch = image_tokens.shape[0]
-    tokens = jnp.zeros((batch, max_length), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(max_length, dtype=jnp.int32), (batch, max_length))
-    # A cache-creating pass: it sizes the self-attention caches (left zero) from the
-    # max_length dummy tokens and projects the image tokens to every layer's cross-attention
-    # keys/values, which the decoding steps then reuse. Only the cache is kept, so XLA drops
-    # the rest of this pass under jit.
-    _, variables = self.clone(decode=True).apply(
-        {"params": params}, tokens, image_tokens, positions, method=Captioner.decode_tokens,
-        mutable=["cache"])
-    return CaptionCache(image_tokens, variables["cache"])
+    return decoding_cache.init_cache(self, params, images, max_length,
+                                     encode=Captioner.encode_image,
+                                     decode=Captioner.decode_tokens)
 
   @nn.nowrap
   def decode_step(self, params: PyTree, tokens: jax.Array, cache: CaptionCache,
@@ -187,13 +169,8 @@ class Captioner(nn.Module):
     Returns:
       logits `[B, T, V]` float32 and the updated cache.
     """
-    if tokens.ndim != 2 or positions.shape != tokens.shape:
-      raise ValueError(f"tokens and positions must both be int [B, T], got shapes "
-                       f"{tokens.shape} and {positions.shape}")
-    logits, variables = self.clone(decode=True).apply(
-        {"params": params, "cache": cache.kv}, tokens, cache.image_tokens, positions,
-        method=Captioner.decode_tokens, mutable=["cache"])
-    return logits, CaptionCache(cache.image_tokens, variables["cache"])
+    return decoding_cache.decode_step(self, params, tokens, cache, positions,
+                                      decode=Captioner.decode_tokens)
 
 
 def _check_tokens(tokens: jax.Array, max_length: int) -> None:
@@ -204,31 +181,3 @@ def _check_tokens(tokens: jax.Array, max_length: int) -> None:
   if tokens.shape[1] > max_length:
     raise ValueError(f"tokens have length {tokens.shape[1]}, more than the decoder's "
                      f"max_length={max_length}")
-
-
-def caption_loss(logits: jax.Array, tokens: jax.Array, pad_id: int = 0,
-                 prompt_mask: jax.Array | None = None) -> jax.Array:
-  """Mean next-token cross-entropy over the non-padding, non-prompt targets.
-
-  Args:
-    logits: `[B, L, V]` from `Captioner.__call__` (logits[:, t] predict tokens[:, t + 1]).
-    tokens: int `[B, L]` the same token ids.
-    pad_id: targets equal to it are ignored.
-    prompt_mask: optional bool `[B, L]`, True at tokens that are given (a prompt) and so are
-      not predicted; position 0 (BOS) is never a target anyway.
-  Returns:
-    scalar float32 loss (0 if no position counts).
-  """
-  if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
-    raise ValueError(f"logits must be [B, L, V] and tokens [B, L] with the same B, L; got "
-                     f"{logits.shape} and {tokens.shape}")
-  if prompt_mask is not None and prompt_mask.shape != tokens.shape:
-    raise ValueError(f"prompt_mask must be bool [B, L] = {tokens.shape}, got {prompt_mask.shape}")
-  targets = tokens[:, 1:]
-  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  weights = targets != pad_id
-  if prompt_mask is not None:
-    weights = weights & ~prompt_mask[:, 1:].astype(bool)
-  weights = weights.astype(jnp.float32)
-  return -(target_log_probs * weights).sum() / jnp.maximum(weights.sum(), 1.0)

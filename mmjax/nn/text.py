@@ -51,6 +51,13 @@ class TextTransformer(nn.Module):
       "mean" (mean over non-padding tokens).
     cross_attention: every block also cross-attends to a `context` (e.g. image tokens): the
       image-grounded text encoder of BLIP's ITM head, VQA and grounding fusion.
+    decoder_attention: every block also holds this causal self-attention, run instead of the
+      `causal`/bidirectional one on `decoder=True` calls, all other parameters shared (BLIP's
+      encoder and LM decoder in one stack); see `TransformerBlock`.
+    context_optional: with `cross_attention`, calls without `context` skip the
+      cross-attention (BLIP's unimodal text encoder) instead of raising.
+    decode: KV-cached causal self-attention at per-row `positions` (autoregressive decoding);
+      see `MultiHeadAttention`.
   """
   vocab_size: int
   context_length: int
@@ -68,16 +75,23 @@ class TextTransformer(nn.Module):
   remat: bool = False
   gelu_approximate: bool = True
   cross_attention: bool = False
+  decoder_attention: str | None = None
+  context_optional: bool = False
+  decode: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, context: jax.Array | None = None,
-               context_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+               context_valid: jax.Array | None = None, *, decoder: bool = False,
+               positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Encodes token ids `[B, L]` (L <= context_length).
 
     Args:
       tokens: int `[B, L]`.
-      context: `[B, S, Dc]` tokens to cross-attend to; required iff `cross_attention`.
+      context: `[B, S, Dc]` tokens to cross-attend to; required iff `cross_attention` (unless
+        `context_optional`).
       context_valid: optional bool `[B, S]`, False at context tokens to ignore.
+      decoder: run the causal `decoder_attention` of every block instead of its "self_attn".
+      positions: int `[B, L]` absolute positions (KV-cache slots); required when decoding.
     Returns:
       features `[B, L, width]` and pooled `[B, width]`.
     """
@@ -85,24 +99,35 @@ class TextTransformer(nn.Module):
     length = tokens.shape[1]
     if length > self.context_length:
       raise ValueError(f"text has {length} tokens, more than context_length={self.context_length}")
+    if decoder and self.decoder_attention is None:
+      raise ValueError("decoder=True needs a TextTransformer built with decoder_attention=<name>")
+    causal = self.causal or decoder
+    if self.decode and (positions is None or not causal):
+      raise ValueError("a decode=True TextTransformer needs causal self-attention (causal=True "
+                       "or decoder=True) and positions int [B, L]")
     x = embed_tokens(self, tokens, vocab_size=self.vocab_size, width=self.width,
-                     max_length=self.context_length)
-    if self.cross_attention != (context is not None):
+                     max_length=self.context_length, positions=positions)
+    context_required = self.cross_attention and not self.context_optional
+    if (context is None and context_required) or (context is not None and not self.cross_attention):
       raise ValueError(f"cross_attention={self.cross_attention} but context is "
                        f"{'missing' if context is None else 'given'}")
     if context is not None and (context.ndim != 3 or context.shape[0] != tokens.shape[0]):
       raise ValueError(f"context must be [B={tokens.shape[0]}, S, D], got shape {context.shape}")
     valid = tokens != self.pad_id
-    mask = None if self.causal else make_padding_mask(valid, valid)
+    # Causal attention needs no padding mask: padding only ever follows the real tokens.
+    mask = None if causal else make_padding_mask(valid, valid)
     context_mask = None
     if context_valid is not None:
       context_mask = make_padding_mask(jnp.ones_like(valid), context_valid)
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                     cross_attention=self.cross_attention, dtype=self.dtype,
                     param_dtype=self.param_dtype, attention_impl=self.attention_impl,
-                    remat=self.remat, gelu_approximate=self.gelu_approximate,
+                    decode=self.decode, remat=self.remat and not self.decode,
+                    gelu_approximate=self.gelu_approximate,
+                    decoder_attention=self.decoder_attention,
+                    context_optional=self.context_optional,
                     name="transformer")(x, context, mask=mask, context_mask=context_mask,
-                                        causal=self.causal)
+                                        causal=causal, positions=positions, decoder=decoder)
     if self.pool == "eos":
       # Rows without an EOS (over-long, truncated text) fall back to the last position.
       has_eos = (tokens == self.eos_id).any(axis=1)

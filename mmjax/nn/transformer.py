@@ -12,6 +12,10 @@ from mmjax.nn.attention import MultiHeadAttention
 
 Dtype = Any
 
+# Names `TransformerBlock.decoder_attention` cannot take: they, or their "ln_" LayerNorms,
+# are the block's own sub-layers.
+RESERVED_SUBLAYER_NAMES = ("self_attn", "attn", "cross_attn", "cross", "mlp")
+
 
 def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype = jnp.float32) -> nn.LayerNorm:
   """LayerNorm with logically partitioned scale/bias (`("embed",)`)."""
@@ -59,6 +63,12 @@ class TransformerBlock(nn.Module):
     cross_attention: add a cross-attention sub-layer over `context` (decoders, fusion).
     decode: KV-cached self-attention (autoregressive decoding) and cross-attention keys/values
       projected once from the context; see `MultiHeadAttention`.
+    decoder_attention: name of a second, always causal, self-attention (with its own
+      LayerNorm `ln_<name>`) that replaces "self_attn" on calls with `decoder=True`; the
+      cross-attention and MLP are shared by both kinds of call. This is BLIP's text
+      transformer: one stack run as a bidirectional encoder and as a causal LM decoder.
+    context_optional: with `cross_attention`, a call without `context` skips the
+      cross-attention sub-layer (BLIP's unimodal text encoder) instead of raising.
   """
   num_heads: int
   mlp_dim: int
@@ -68,26 +78,38 @@ class TransformerBlock(nn.Module):
   attention_impl: str = "einsum"
   decode: bool = False
   gelu_approximate: bool = True
+  decoder_attention: str | None = None
+  context_optional: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                mask: jax.Array | None = None, context_mask: jax.Array | None = None,
-               causal: bool = False, positions: jax.Array | None = None) -> jax.Array:
+               causal: bool = False, positions: jax.Array | None = None,
+               decoder: bool = False) -> jax.Array:
     """`x` `[B, T, D]`, `context` `[B, S, Dc]`; masks broadcastable to `[B, H, T, T|S]`.
 
     `positions` int `[B, T]`: per-row KV-cache slots of the tokens (decode mode only).
+    `decoder`: run the causal `decoder_attention` instead of "self_attn".
     """
-    attn = lambda name, decode: MultiHeadAttention(
+    attn = lambda name: MultiHeadAttention(
         self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-        implementation=self.attention_impl, decode=decode, name=name)
-    h = layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
-    x = x + attn("self_attn", self.decode)(h, mask=mask, causal=causal,
-                                              positions=positions)
-    if self.cross_attention:
+        implementation=self.attention_impl, decode=self.decode, name=name)
+    if decoder and self.decoder_attention is None:
+      raise ValueError("decoder=True needs a block built with decoder_attention=<name>")
+    if self.decoder_attention in RESERVED_SUBLAYER_NAMES:
+      raise ValueError(f"decoder_attention={self.decoder_attention!r} would clash with the "
+                       f"block's own sub-layers; use a name not in {RESERVED_SUBLAYER_NAMES}")
+    if decoder:
+      self_attn, ln_name = self.decoder_attention, f"ln_{self.decoder_attention}"
+    else:
+      self_attn, ln_name = "self_attn", "ln_attn"
+    h = layer_norm(ln_name, self.dtype, self.param_dtype)(x)
+    x = x + attn(self_attn)(h, mask=mask, causal=causal or decoder, positions=positions)
+    if self.cross_attention and (context is not None or not self.context_optional):
       if context is None:
         raise ValueError("this block has cross_attention=True but was called without context")
       h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
-      x = x + attn("cross_attn", self.decode)(h, context, mask=context_mask)
+      x = x + attn("cross_attn")(h, context, mask=context_mask)
     h = layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
                      gelu_approximate=self.gelu_approximate, name="mlp")(h)
@@ -100,6 +122,7 @@ class Transformer(nn.Module):
   Attributes:
     remat: rematerialise each block in the backward pass (`nn.remat`), trading compute for
       activation memory.
+    decoder_attention, context_optional: see `TransformerBlock`.
   """
   num_layers: int
   num_heads: int
@@ -111,16 +134,25 @@ class Transformer(nn.Module):
   decode: bool = False
   remat: bool = False
   gelu_approximate: bool = True
+  decoder_attention: str | None = None
+  context_optional: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
                mask: jax.Array | None = None, context_mask: jax.Array | None = None,
-               causal: bool = False, positions: jax.Array | None = None) -> jax.Array:
-    """`[B, T, D] -> [B, T, D]`; `positions` int `[B, T]` are KV-cache slots (decode mode)."""
-    block_cls = nn.remat(TransformerBlock, static_argnums=(5,)) if self.remat else TransformerBlock
+               causal: bool = False, positions: jax.Array | None = None,
+               decoder: bool = False) -> jax.Array:
+    """`[B, T, D] -> [B, T, D]`; `positions` int `[B, T]` are KV-cache slots (decode mode);
+    `decoder` runs every block's causal `decoder_attention` instead of its "self_attn"."""
+    # `causal` and `decoder` are Python bools: arguments 5 and 7 counting `self`, as nn.remat
+    # numbers them.
+    block_cls = (nn.remat(TransformerBlock, static_argnums=(5, 7)) if self.remat
+                 else TransformerBlock)
     for i in range(self.num_layers):
       block = block_cls(self.num_heads, self.mlp_dim, self.cross_attention, self.dtype,
                         self.param_dtype, self.attention_impl, self.decode,
-                        gelu_approximate=self.gelu_approximate, name=f"block_{i}")
-      x = block(x, context, mask, context_mask, causal, positions)
+                        gelu_approximate=self.gelu_approximate,
+                        decoder_attention=self.decoder_attention,
+                        context_optional=self.context_optional, name=f"block_{i}")
+      x = block(x, context, mask, context_mask, causal, positions, decoder)
     return layer_norm("ln_final", self.dtype, self.param_dtype)(x)

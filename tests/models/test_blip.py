@@ -33,12 +33,16 @@ def _paths(tree):
   return ["/".join(str(k.key) for k in path) for path, _ in leaves]
 
 
+BLOCK_KEYS = {"ln_attn", "self_attn", "ln_causal_self_attn", "causal_self_attn", "ln_cross",
+              "cross_attn", "ln_mlp", "mlp"}
+
+
 def test_parameter_tree_shares_everything_but_self_attention(setup):
   _, params, *_ = setup
+  assert set(params["text"]) == {"token_embed", "pos_embed", "transformer"}
+  assert set(params["text"]["transformer"]) == {"block_0", "block_1", "ln_final"}
   for i in range(2):
-    block = params["text"][f"block_{i}"]
-    assert set(block) == {"ln_self_attn", "self_attn", "ln_causal_self_attn", "causal_self_attn",
-                          "ln_cross", "cross_attn", "ln_mlp", "mlp"}
+    assert set(params["text"]["transformer"][f"block_{i}"]) == BLOCK_KEYS
   paths = _paths(params)
   # One copy of the cross-attention and MLP per layer, one embedding table, in the whole model.
   assert sum("cross_attn/query/kernel" in p for p in paths) == 2
@@ -47,6 +51,55 @@ def test_parameter_tree_shares_everything_but_self_attention(setup):
   assert sum(p.endswith("self_attn/qkv/kernel") and p.startswith("text/") for p in paths) == 4
   assert {"image_encoder", "text", "image_proj", "text_proj", "itm_head", "lm_head",
           "logit_scale"} == set(params)
+
+
+def test_modes_share_all_parameters_except_their_self_attention(setup):
+  """The parameters a text mode reads are those under params["text"] with a nonzero gradient
+  of its features."""
+  model, params, images, tokens, _ = setup
+
+  @fast_jit
+  def text_grads(params):
+    image_tokens = model.apply({"params": params}, images, method=BLIP.encode_image_tokens)
+    image_tokens = jax.lax.stop_gradient(image_tokens)
+    grad = lambda mode, context: jax.grad(lambda p: model.apply(
+        {"params": p}, tokens, context, mode=mode, method=BLIP.text_features).sum())(params)
+    return {mode: grad(mode, None if mode == "text" else image_tokens)["text"]
+            for mode in ("text", "grounded", "decoder")}
+
+  used = {mode: {path for path, leaf in zip(_paths(grads), jax.tree.leaves(grads))
+                 if np.abs(np.asarray(leaf)).max() > 0}
+          for mode, grads in text_grads(params).items()}
+  every = set(_paths(params["text"]))
+  only = lambda *names: {p for p in every if p.split("/")[2:3] and p.split("/")[2] in names}
+  # Per block: "self_attn" + "ln_attn" (encoders), "causal_self_attn" + its LN (decoder).
+  encoder_attn, decoder_attn = only("self_attn", "ln_attn"), only("causal_self_attn",
+                                                                  "ln_causal_self_attn")
+  cross = only("cross_attn", "ln_cross")
+  assert encoder_attn and decoder_attn and cross
+  assert used["grounded"] == every - decoder_attn
+  assert used["decoder"] == every - encoder_attn
+  assert used["text"] == every - decoder_attn - cross
+  assert used["grounded"] & used["decoder"] == every - encoder_attn - decoder_attn
+
+
+def test_decoder_mode_is_causal_and_encoder_modes_are_bidirectional(setup):
+  model, params, images, tokens, _ = setup
+  image_tokens = model.apply({"params": params}, images, method=BLIP.encode_image_tokens)
+  features = fast_jit(lambda tokens, image_tokens, mode: model.apply(
+      {"params": params}, tokens, image_tokens, mode=mode, method=BLIP.text_features),
+                      static_argnums=2)
+  j = 6
+  changed = tokens.at[:, j].set((tokens[:, j] + 1 - 3) % (VOCAB - 3) + 3)
+  for mode, context in (("decoder", image_tokens), ("grounded", image_tokens), ("text", None)):
+    before, after = features(tokens, context, mode), features(changed, context, mode)
+    change = np.abs(np.asarray(after - before)).max(axis=(0, 2))  # [T]
+    assert change[j] > 1e-3, mode
+    if mode == "decoder":  # positions < j see nothing of token j, later ones do.
+      np.testing.assert_array_equal(change[:j], 0.0)
+      assert change[j + 1:].min() > 1e-3
+    else:  # every position attends to token j
+      assert change.min() > 1e-4, (mode, change)
 
 
 def test_output_shapes(setup):
@@ -58,19 +111,6 @@ def test_output_shapes(setup):
                     "lm_logits": (3, 10, VOCAB)}
   np.testing.assert_allclose(jnp.linalg.norm(outputs["image_emb"], axis=-1), 1, rtol=1e-5)
   np.testing.assert_allclose(jnp.linalg.norm(outputs["text_emb"], axis=-1), 1, rtol=1e-5)
-
-
-def test_decoder_is_causal_and_encoders_are_bidirectional(setup):
-  _, params, images, tokens, forward = setup
-  j = 6
-  changed = tokens.at[:, j].set((tokens[:, j] + 1 - 3) % (VOCAB - 3) + 3)
-  outputs, new = forward(params, images, tokens), forward(params, images, changed)
-  # Decoder: positions < j see nothing of token j.
-  np.testing.assert_array_equal(new["lm_logits"][:, :j], outputs["lm_logits"][:, :j])
-  assert not np.allclose(new["lm_logits"][:, j], outputs["lm_logits"][:, j])
-  # Encoders read token 0, which attends to token j in both of them.
-  assert np.abs(new["itm_logits"] - outputs["itm_logits"]).max() > 1e-6
-  assert np.abs(new["text_emb"] - outputs["text_emb"]).max() > 1e-6
 
 
 def test_encoders_ignore_padding(setup):
@@ -131,4 +171,8 @@ def test_bad_inputs_raise(setup):
   with pytest.raises(ValueError, match=r"cache max_length must be in \[1, 12\]"):
     model.init_cache(params, images, 13)
   with pytest.raises(ValueError, match="mode 'text' takes no image_tokens"):
-    apply(tokens, jnp.zeros((3, 5, 16)), mode="text", method=lambda m, *a, **k: m.text(*a, **k))
+    apply(tokens, jnp.zeros((3, 5, 16)), mode="text", method=BLIP.text_features)
+  with pytest.raises(ValueError, match="mode 'decoder' needs image_tokens"):
+    apply(tokens, mode="decoder", method=BLIP.text_features)
+  with pytest.raises(ValueError, match="mode must be one of"):
+    apply(tokens, mode="encoder", method=BLIP.text_features)

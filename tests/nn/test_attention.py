@@ -1,11 +1,14 @@
-"""The one attention against a naive numpy formula, its kernels, masks and KV cache."""
+"""The one attention against a naive numpy formula, its kernels, masks and KV cache; the
+transformer block against a numpy transcription."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mmjax.nn.attention import MultiHeadAttention, dot_product_attention, make_causal_mask
-from mmjax.nn.transformer import Transformer
+from mmjax.nn.transformer import Transformer, TransformerBlock
 
 
 def naive_attention(q, k, v, mask=None):
@@ -100,3 +103,123 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_bad_widths_raise():
   with pytest.raises(ValueError, match="not divisible by num_heads"):
     MultiHeadAttention(num_heads=3).init(jax.random.key(0), jnp.ones((1, 2, 16)))
+
+
+# -- TransformerBlock ---------------------------------------------------------------------------
+
+# The parameter tree of a plain pre-LN block with cross-attention (width 8, 2 heads, context
+# width 6, MLP 12), as it was before blocks could hold a decoder attention: checkpoints of
+# every model built on TransformerBlock depend on these names and shapes.
+PLAIN_BLOCK_TREE = {
+    "ln_attn": {"bias": (8,), "scale": (8,)},
+    "self_attn": {"qkv": {"kernel": (8, 3, 2, 4), "bias": (3, 2, 4)},
+                  "out": {"kernel": (2, 4, 8), "bias": (8,)}},
+    "ln_cross": {"bias": (8,), "scale": (8,)},
+    "cross_attn": {"query": {"kernel": (8, 2, 4), "bias": (2, 4)},
+                   "kv": {"kernel": (6, 2, 2, 4), "bias": (2, 2, 4)},
+                   "out": {"kernel": (2, 4, 8), "bias": (8,)}},
+    "ln_mlp": {"bias": (8,), "scale": (8,)},
+    "mlp": {"fc1": {"kernel": (8, 12), "bias": (12,)}, "fc2": {"kernel": (12, 8), "bias": (8,)}},
+}
+
+
+def _random_params(params, seed):
+  """Every leaf replaced by N(0, 0.5) (non-trivial LayerNorm scales and biases too)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda leaf: (0.5 * rng.normal(size=leaf.shape)).astype(np.float32),
+                      nn_unbox(params))
+
+
+def nn_unbox(tree):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  return nn.meta.unbox(tree)
+
+
+def _layer_norm(x, p):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+
+def _self_attention(x, p, mask):
+  qkv = np.einsum("btd,dshk->btshk", x, p["qkv"]["kernel"]) + p["qkv"]["bias"]
+  heads = naive_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask)
+  return np.einsum("bthk,hkd->btd", heads, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _cross_attention(x, context, p):
+  q = np.einsum("btd,dhk->bthk", x, p["query"]["kernel"]) + p["query"]["bias"]
+  kv = np.einsum("bsd,dzhk->bszhk", context, p["kv"]["kernel"]) + p["kv"]["bias"]
+  heads = naive_attention(q, kv[:, :, 0], kv[:, :, 1])
+  return np.einsum("bthk,hkd->btd", heads, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def naive_block(x, context, p, mask, self_attn="self_attn", ln="ln_attn"):
+  """Pre-LN block in float64 numpy: x + SA(LN x) [+ CA(LN x, context)] + MLP(LN x), tanh GELU."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  x = np.asarray(x, np.float64)
+  x = x + _self_attention(_layer_norm(x, p[ln]), p[self_attn], mask)
+  if context is not None:
+    x = x + _cross_attention(_layer_norm(x, p["ln_cross"]), np.asarray(context, np.float64),
+                             p["cross_attn"])
+  h = _layer_norm(x, p["ln_mlp"]) @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"]
+  h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+  return x + h @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+
+
+def _block_inputs():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  context = jax.random.normal(jax.random.key(1), (2, 4, 6))
+  valid = jnp.array([[True] * 5, [True] * 3 + [False] * 2])
+  padding = jnp.broadcast_to(valid[:, None, None, :], (2, 1, 5, 5))  # keys 3, 4 of row 1 hidden
+  return x, context, padding
+
+
+def test_plain_block_parameter_tree_and_output_match_a_numpy_block():
+  x, context, padding = _block_inputs()
+  block = TransformerBlock(num_heads=2, mlp_dim=12, cross_attention=True)
+  params = jax.eval_shape(block.init, jax.random.key(2), x, context)["params"]
+  assert jax.tree.map(lambda a: a.shape, nn_unbox(params)) == PLAIN_BLOCK_TREE
+  params = _random_params(params, 3)
+  apply = jax.jit(lambda *a, **k: block.apply({"params": params}, *a, **k),
+                  static_argnames="causal")
+  out = apply(x, context, padding)
+  np.testing.assert_allclose(out, naive_block(x, context, params, padding), atol=1e-4)
+  causal = apply(x, context, causal=True)
+  np.testing.assert_allclose(causal, naive_block(x, context, params, make_causal_mask(5)),
+                             atol=1e-4)
+
+
+def test_decoder_attention_replaces_only_the_self_attention():
+  """A block with `decoder_attention`: decoder=False is the plain block on "self_attn",
+  decoder=True the same block with the causal "causal_self_attn" in its place (same
+  cross-attention and MLP); without context (context_optional) cross-attention is skipped."""
+  x, context, padding = _block_inputs()
+  block = TransformerBlock(num_heads=2, mlp_dim=12, cross_attention=True,
+                           decoder_attention="causal_self_attn", context_optional=True)
+  both_modes = lambda m, x, c: (m(x, c), m(x, c, decoder=True))
+  params = jax.eval_shape(functools.partial(block.init, method=both_modes), jax.random.key(2), x,
+                          context)["params"]
+  assert set(params) == set(PLAIN_BLOCK_TREE) | {"causal_self_attn", "ln_causal_self_attn"}
+  params = _random_params(params, 4)
+  apply = jax.jit(lambda *a, **k: block.apply({"params": params}, *a, **k),
+                  static_argnames="decoder")
+  np.testing.assert_allclose(apply(x, context, padding),
+                             naive_block(x, context, params, padding), atol=1e-4)
+  np.testing.assert_allclose(apply(x, context, decoder=True),
+                             naive_block(x, context, params, make_causal_mask(5),
+                                         "causal_self_attn", "ln_causal_self_attn"), atol=1e-4)
+  np.testing.assert_allclose(apply(x, None, padding), naive_block(x, None, params, padding),
+                             atol=1e-4)
+
+
+def test_block_options_refuse_bad_use():
+  x, context, _ = _block_inputs()
+  init = lambda block, *args, **kw: jax.eval_shape(
+      functools.partial(block.init, **kw), jax.random.key(0), *args)
+  with pytest.raises(ValueError, match="decoder=True needs a block built with decoder_attention"):
+    init(TransformerBlock(num_heads=2, mlp_dim=12), x, decoder=True)
+  with pytest.raises(ValueError, match="would clash with the block's own sub-layers"):
+    init(TransformerBlock(num_heads=2, mlp_dim=12, decoder_attention="attn"), x)
+  with pytest.raises(ValueError, match="called without context"):
+    init(TransformerBlock(num_heads=2, mlp_dim=12, cross_attention=True), x)

@@ -57,3 +57,26 @@ def test_cross_attention_needs_context_and_plain_encoder_refuses_it():
     plain.init(jax.random.key(0), TOKENS, _context())
   with pytest.raises(ValueError, match=r"context must be \[B=2, S, D\]"):
     grounded.init(jax.random.key(0), TOKENS, _context()[:1])
+
+
+def test_optional_context_skips_cross_attention_and_decoder_mode_needs_its_attention():
+  """Without context, a `context_optional` grounded encoder is the plain encoder on the same
+  parameters minus the cross-attention."""
+  grounded = TextTransformer(**KW, causal=False, pool="mean", cross_attention=True,
+                             context_optional=True)
+  params = grounded.init(jax.random.key(0), TOKENS, _context())["params"]
+  plain_params = jax.tree.map(lambda x: x, params)
+  for block in plain_params["transformer"].values():
+    block.pop("cross_attn", None)
+    block.pop("ln_cross", None)
+  plain = TextTransformer(**KW, causal=False, pool="mean")
+  _, pooled = grounded.apply({"params": params}, TOKENS)
+  _, expected = plain.apply({"params": plain_params}, TOKENS)
+  np.testing.assert_allclose(pooled, expected, rtol=1e-6, atol=1e-6)
+  _, grounded_pooled = grounded.apply({"params": params}, TOKENS, _context())
+  assert not np.allclose(pooled, grounded_pooled, atol=1e-4)
+  with pytest.raises(ValueError, match="decoder=True needs a TextTransformer built with"):
+    jax.eval_shape(lambda: plain.apply({"params": plain_params}, TOKENS, decoder=True))
+  with pytest.raises(ValueError, match="decode=True TextTransformer needs causal"):
+    jax.eval_shape(lambda: TextTransformer(**KW, causal=False, decode=True).init(
+        jax.random.key(0), TOKENS))
