@@ -3,10 +3,10 @@
 One small CLIP, same shape on both sides (ViT 64x64/8, width 256, 6 layers, 4 heads; text 32
 tokens, vocab 1000, width 256, 6 layers, 4 heads; MLP ratio 4; embed 256; batch 128; AdamW).
 A step is forward + symmetric InfoNCE + backward + AdamW update. The mmjax side is the real
-trainer path: `build_clip` and `ContrastiveTask.loss_fn` (train/tasks/contrastive.py),
-`make_optimizer` (train/optim.py) and `make_train_step` (train/trainer.py), jitted with the
-trainer's shardings and donated state. Trials alternate between the two sides and the
-median images/s of each is reported (the machine may be shared).
+trainer path: `build_model` (models/registry.py), `ContrastiveTask.loss_fn`
+(train/tasks/contrastive.py), `make_optimizer` (train/optim.py) and `make_train_step`
+(train/trainer.py), jitted with the trainer's shardings and donated state. Trials alternate
+between the two sides and the median images/s of each is reported (the machine may be shared).
 
   python benchmarks/clip_train_throughput.py              # writes its README section
   python benchmarks/clip_train_throughput.py --variants   # mmjax-only ablations (no README)
@@ -27,11 +27,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmjax.models import build_model  # noqa: E402
 from mmjax.train import sharding  # noqa: E402
+from mmjax.train.config import load_config  # noqa: E402
 from mmjax.train.optim import make_optimizer  # noqa: E402
 from mmjax.train.state import TrainState  # noqa: E402
 from mmjax.train.tasks.base import Task  # noqa: E402
-from mmjax.train.tasks.contrastive import ContrastiveTask, build_clip  # noqa: E402
+from mmjax.train.tasks.contrastive import ContrastiveTask  # noqa: E402
 from mmjax.train.trainer import build_state, make_train_step  # noqa: E402
 
 BATCH, IMAGE_SIZE, PATCH, CONTEXT, VOCAB = 128, 64, 8, 32, 1000
@@ -42,14 +44,16 @@ LR, BETAS, EPS, WEIGHT_DECAY = 1e-4, (0.9, 0.98), 1e-6, 0.1
 
 def mmjax_config(**model_overrides) -> ml_collections.ConfigDict:
   """configs/clip_shapeworld.py with the benchmark's model, batch and plain AdamW."""
-  from configs import clip_shapeworld
-  model = dict(embed_dim=EMBED, dtype="float32", attention_impl="einsum", remat=False,
-               logit_scale_init=math.log(1 / 0.07), logit_bias_init=None,
-               image=dict(patch_size=PATCH, width=WIDTH, layers=LAYERS, heads=HEADS,
-                          mlp_ratio=MLP_RATIO, pool="cls"),
-               text=dict(width=WIDTH, layers=LAYERS, heads=HEADS, mlp_ratio=MLP_RATIO))
+  model = dict(name="clip", embed_dim=EMBED, dtype="float32", attention_impl="einsum",
+               remat=False, logit_scale_init=math.log(1 / 0.07), logit_bias_init=None,
+               image_encoder=dict(name="vision_transformer", patch_size=PATCH, width=WIDTH,
+                                  num_layers=LAYERS, num_heads=HEADS, mlp_ratio=MLP_RATIO,
+                                  pool="cls"),
+               text_encoder=dict(name="text_transformer", width=WIDTH, num_layers=LAYERS,
+                                 num_heads=HEADS, mlp_ratio=MLP_RATIO))
   model.update(model_overrides)
-  c = clip_shapeworld.get_config()
+  c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "clip_shapeworld.py"))
   c.batch_size, c.total_steps, c.grad_cache_chunks = BATCH, 100_000, 0
   c.model = ml_collections.ConfigDict(model)
   c.data.image_size, c.data.context_length = IMAGE_SIZE, CONTEXT
@@ -62,12 +66,13 @@ def mmjax_config(**model_overrides) -> ml_collections.ConfigDict:
 class SyntheticContrastiveTask(ContrastiveTask):
   """`ContrastiveTask` (its model and loss) without tokenizer or data pipeline.
 
-  `tower_overrides` set tower attributes that `build_clip` does not read (ablations only).
+  `tower_overrides` set tower attributes the benchmark's config does not set (ablations only).
   """
 
   def __init__(self, config, **tower_overrides):
     Task.__init__(self, config)
-    model = build_clip(config.model, VOCAB, PAD_ID, EOS_ID, CONTEXT)
+    model = build_model(config.model, text_encoder=dict(
+        vocab_size=VOCAB, context_length=CONTEXT, pad_id=PAD_ID, eos_id=EOS_ID))
     if tower_overrides:
       model = model.clone(image_encoder=model.image_encoder.clone(**tower_overrides),
                           text_encoder=model.text_encoder.clone(**tower_overrides))

@@ -9,35 +9,26 @@ or LPIPS term. See experiments/autoencoder_shapeworld/README.md for the measured
 """
 import ml_collections
 
+import common
+
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "autoencoder"
-  c.seed = 0
-  c.batch_size = 16           # global; split over hosts and the data x fsdp mesh axes
-  c.total_steps = 800
-  c.log_every = 25
-  c.eval_every = 200
-  c.checkpoint_every = 400
-  c.keep_checkpoints = 2
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c = common.trainer("autoencoder", batch_size=16, total_steps=800, eval_every=200,
+                     checkpoint_every=400)
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapeworld", seed=0, image_size=32, num_objects=(1, 3), train_length=10_000_000))
+  c.data = common.shapeworld_data(image_size=32, num_objects=(1, 3))
 
   # scaling_factor: 1 / latent std, for a latent diffusion model built on this autoencoder;
   # set it from the run's eval_scaling_factor (it does not affect autoencoder training).
   c.model = ml_collections.ConfigDict(dict(
-      dtype="float32", channels=(16, 32, 32), latent_channels=4, num_res_blocks=1,
-      num_groups=8, mid_attention=True, num_heads=1, scaling_factor=1.0))
+      name="kl_autoencoder", dtype="float32", channels=(16, 32, 32), latent_channels=4,
+      num_res_blocks=1, num_groups=8, mid_attention=True, num_heads=1, scaling_factor=1.0))
 
   # reconstruction: "l1" | "l2"; sample_posterior: decode a posterior sample (else the mean).
   c.loss = ml_collections.ConfigDict(dict(reconstruction="l1", kl_weight=1e-6,
                                           sample_posterior=True))
 
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=2e-3, warmup_steps=50, end_lr_ratio=0.05, weight_decay=0.0,
-      b1=0.9, b2=0.99, eps=1e-8, clip_grad_norm=1.0))
+  c.optim = common.adamw(2e-3, end_lr_ratio=0.05, weight_decay=0.0, b2=0.99, eps=1e-8)
 
   # Held-out metrics on the first `num_images` test-split images (fixed latent-sample key).
   c.eval = ml_collections.ConfigDict(dict(num_images=256, seed=1))

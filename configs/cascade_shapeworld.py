@@ -17,15 +17,13 @@ super-resolution stage is trained on 16 px area-downsampled images, noise-augmen
 random level in [0, 0.5] (Imagen); it samples with level 0.1. The refiner trains only on
 t <= 0.3 and refines upsampled base samples at strength <= 0.3 (`DiffusionTask.refine`).
 """
-import pathlib
-
 import ml_collections
 
-from mmjax.train.config import load_config
+import ddpm_shapeworld
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = load_config(pathlib.Path(__file__).with_name("ddpm_shapeworld.py"))
+  c = ddpm_shapeworld.get_config()
   c.task = "superres"
   # 1.0: the whole schedule; the refiner run overrides it (it never sees more noise).
   c.diffusion.max_train_time = 1.0

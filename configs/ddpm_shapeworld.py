@@ -11,28 +11,23 @@ weighting, 10% condition dropout for classifier-free guidance. Samples: DPM-Solv
 """
 import ml_collections
 
+import common
+
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "diffusion"
-  c.seed = 0
-  c.batch_size = 64           # global; split over hosts and the data x fsdp mesh axes
-  c.total_steps = 3000
-  c.log_every = 25
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c = common.trainer("diffusion", batch_size=64, total_steps=3000, eval_every=500,
+                     checkpoint_every=500)
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapeworld", seed=0, image_size=32, num_objects=(1, 1), context_length=24,
-      train_length=10_000_000))
+  c.data = common.shapeworld_data(image_size=32, num_objects=(1, 1), context_length=24)
 
+  # The UNet cross-attends to the text tower's per-token features (its context_dim is the
+  # text width, set by the task).
   c.model = ml_collections.ConfigDict(dict(
-      dtype="float32", attention_impl="einsum",
-      unet=dict(channels=(64, 128), num_res_blocks=2, attention_levels=(1,), mid_attention=True,
-                num_heads=4, num_groups=32, dropout_rate=0.0, scale_shift=False),
-      text=dict(width=128, layers=2, heads=4, mlp_ratio=2.0)))
+      name="text_to_image_denoiser", dtype="float32", attention_impl="einsum",
+      unet=dict(name="unet", channels=(64, 128), num_res_blocks=2, attention_levels=(1,),
+                mid_attention=True, num_heads=4, num_groups=32, dropout_rate=0.0,
+                scale_shift=False),
+      text=common.text_transformer(num_layers=2)))
 
   # schedule: "cosine" | "linear" | "scaled_linear" (discrete: trained on the T grid times);
   # prediction: "eps" | "v" | "x0"; min_snr_gamma: None for the plain MSE.
@@ -41,9 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
       min_snr_gamma=5.0, cfg_dropout=0.1))
   c.diffusion.min_snr_gamma = ml_collections.FieldReference(5.0, field_type=float)
 
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.05, weight_decay=0.01,
-      b1=0.9, b2=0.99, eps=1e-8, clip_grad_norm=1.0))
+  c.optim = common.adamw(1e-3, warmup_steps=100, end_lr_ratio=0.05, weight_decay=0.01,
+                         b2=0.99, eps=1e-8)
 
   # Cheap held-out metric: denoising MSE on `batch_size` test images at fixed times and noise.
   c.eval = ml_collections.ConfigDict(dict(batch_size=64, times=(0.1, 0.3, 0.5, 0.7, 0.9),

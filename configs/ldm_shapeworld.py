@@ -11,15 +11,13 @@ runs on 8x8 latents, so it attends at both of its levels. The latents are scaled
 1 / std of 256 training images' posterior samples (estimated when the task starts) unless
 `autoencoder.scaling_factor` is given.
 """
-import pathlib
-
 import ml_collections
 
-from mmjax.train.config import load_config
+import ddpm_shapeworld
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = load_config(pathlib.Path(__file__).with_name("ddpm_shapeworld.py"))
+  c = ddpm_shapeworld.get_config()
   c.autoencoder = ml_collections.ConfigDict(dict(
       workdir="runs/autoencoder", sample_posterior=False, scale_images=256))
   c.autoencoder.step = ml_collections.FieldReference(None, field_type=int)

@@ -8,5 +8,5 @@ set -euo pipefail
 head=${1:?usage: run.sh regression|tokens [RUNS_DIR] [overrides...]}; shift
 runs=${1:-runs}; shift || true
 /usr/bin/time -f "$head wall %e s" nice -n 19 python -m mmjax.cli train \
-    --config configs/grounding_shapeworld.py --workdir "$runs/grounding_$head" --no-progress \
-    --config.model.head=$head "$@"
+    --config "configs/grounding_shapeworld.py:$head" --workdir "$runs/grounding_$head" \
+    --no-progress "$@"

@@ -5,6 +5,6 @@
 set -euo pipefail
 runs=${1:-runs}; shift || true
 for head in classifier generative; do
-  /usr/bin/time -f "$head wall %e s" python -m mmjax.cli train --config configs/vqa_shapeworld.py \
-      --workdir "$runs/vqa_$head" --no-progress --config.model.head=$head "$@"
+  /usr/bin/time -f "$head wall %e s" python -m mmjax.cli train \
+      --config "configs/vqa_shapeworld.py:$head" --workdir "$runs/vqa_$head" --no-progress "$@"
 done

@@ -4,6 +4,6 @@
 using a tokenizer or ShapeWorld alone pulls in numpy only.
 """
 from mmjax.data.shapeworld import ShapeWorld
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.data.tokenizer import WordTokenizer
-from mmjax.data.tokenizer import shapeworld_tokenizer

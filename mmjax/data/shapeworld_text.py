@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from mmjax.data.shapeworld_render import SHAPES
-from mmjax.data.tokenizer import split_words
+from mmjax.data.tokenizer import WordTokenizer, split_words
 
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white")
 SIZES = ("small", "large")
@@ -247,3 +247,9 @@ def _vocab() -> tuple[str, ...]:
 
 
 VOCAB: tuple[str, ...] = _vocab()
+
+
+def shapeworld_tokenizer() -> WordTokenizer:
+  """The word tokenizer over `VOCAB`, ShapeWorld's closed vocabulary (pad=0, bos=1, eos=2,
+  unk=3)."""
+  return WordTokenizer(VOCAB)

@@ -131,9 +131,3 @@ class WordTokenizer:
       token_lists.append(self.encode(text))
     return pack_batch(token_lists, context_length, pad_id=self.pad_id, bos_id=self.bos_id,
                       eos_id=self.eos_id)
-
-
-def shapeworld_tokenizer() -> WordTokenizer:
-  """The word tokenizer over ShapeWorld's closed vocabulary (pad=0, bos=1, eos=2, unk=3)."""
-  from mmjax.data import shapeworld_text  # Late import: shapeworld_text uses split_words.
-  return WordTokenizer(shapeworld_text.VOCAB)

@@ -19,6 +19,7 @@ from mmjax.metrics.bleu import sentence_bleu
 from mmjax.metrics.boxes import box_area
 from mmjax.metrics.boxes import box_iou
 from mmjax.metrics.boxes import matched_box_iou
+from mmjax.metrics.caption_attributes import attribute_metrics
 from mmjax.metrics.cider import cider_d
 from mmjax.metrics.cider import cider_d_scores
 from mmjax.metrics.classification import topk_correct

@@ -3,24 +3,49 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import json
+import os
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import ml_collections
 
 
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Imports `path` and returns its `get_config()`."""
-  path = pathlib.Path(path)
+  """Imports a config file and returns its `get_config()`.
+
+  `path` is "configs/x.py", or "configs/x.py:ARG" for `get_config("ARG")` (a variant, e.g.
+  configs/vqa_shapeworld.py:generative). The file's folder is on sys.path while it is imported,
+  so a config imports the configs it derives from (`import common`); those are imported afresh
+  on every call and left out of sys.modules afterwards.
+  """
+  text, arg = str(path), None
+  if not pathlib.Path(text).is_file() and ":" in text:
+    text, arg = text.rsplit(":", 1)
+  path = pathlib.Path(text)
   if not path.is_file():
     raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+  folder = str(path.resolve().parent)
   spec = importlib.util.spec_from_file_location(f"mmjax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {str(path)!r} defines no get_config()")
-  return module.get_config()
+  imported_before = set(sys.modules)
+  sys.path.insert(0, folder)
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ValueError(f"config file {str(path)!r} defines no get_config()")
+    if arg is None:
+      return module.get_config()
+    if not inspect.signature(module.get_config).parameters:
+      raise ValueError(f"config file {str(path)!r} takes no argument, got {arg!r} after ':'")
+    return module.get_config(arg)
+  finally:
+    sys.path.remove(folder)
+    for name in set(sys.modules) - imported_before:
+      if str(getattr(sys.modules[name], "__file__", None) or "").startswith(folder + os.sep):
+        del sys.modules[name]
 
 
 def load_run_config(workdir: str | pathlib.Path, hint: str = "") -> ml_collections.ConfigDict:
@@ -36,7 +61,7 @@ def load_run_config(workdir: str | pathlib.Path, hint: str = "") -> ml_collectio
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-  """All leaf keys as dotted paths, e.g. ["batch_size", "model.image.width", ...]."""
+  """All leaf keys as dotted paths, e.g. ["batch_size", "model.image_encoder.width", ...]."""
   keys = []
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):

@@ -7,7 +7,7 @@ import pytest
 
 from mmjax.data import pipeline
 from mmjax.data import shapeworld as sw
-from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
 
 TOK = shapeworld_tokenizer()
 CAPTIONS = ("a red circle.", "a blue star.", "a green square.", "a small cross.", "a diamond.")

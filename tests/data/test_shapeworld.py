@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import shapeworld as sw
-from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
 
 COLOURS, SHAPES, SIZES = sw.COLOURS, sw.SHAPES, sw.SIZES
 NUMBERS = ("zero", "one", "two", "three")

@@ -1,9 +1,15 @@
-"""Word tokenizer: round trips, the packed layout, unknown words and bad input."""
+"""Word tokenizer: round trips, the packed layout, unknown words and bad input; no import
+cycle among the mmjax.data modules."""
+import ast
+import pathlib
+
 import numpy as np
 import pytest
 
+import mmjax.data
 from mmjax.data import shapeworld
-from mmjax.data.tokenizer import Tokenizer, WordTokenizer, shapeworld_tokenizer, split_words
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.data.tokenizer import Tokenizer, WordTokenizer, split_words
 
 
 def test_split_words_keeps_punctuation():
@@ -74,3 +80,34 @@ def test_bad_arguments_raise():
     tok.encode_batch("a red circle", 8)
   with pytest.raises(ValueError, match="vocabulary entry"):
     WordTokenizer(["two words"])
+
+
+def _data_imports() -> dict[str, set[str]]:
+  """mmjax.data module -> the mmjax.data modules it imports anywhere (late imports too)."""
+  folder = pathlib.Path(mmjax.data.__file__).parent
+  graph = {}
+  for path in folder.glob("*.py"):
+    name = "mmjax.data" if path.stem == "__init__" else f"mmjax.data.{path.stem}"
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mmjax.data"):
+        targets |= {f"{node.module}.{a.name}" if node.module == "mmjax.data" else node.module
+                    for a in node.names}
+      elif isinstance(node, ast.Import):
+        targets |= {a.name for a in node.names if a.name.startswith("mmjax.data")}
+    graph[name] = {t for t in targets if t != name}
+  return graph
+
+
+def test_data_modules_import_without_cycles():
+  graph = _data_imports()
+  assert "mmjax.data.tokenizer" in graph["mmjax.data.shapeworld_text"]
+  assert not graph["mmjax.data.tokenizer"] & {"mmjax.data.shapeworld_text", "mmjax.data"}
+
+  def visit(name, stack):
+    assert name not in stack, f"import cycle: {' -> '.join(stack + [name])}"
+    for target in graph.get(name, ()):
+      if target != "mmjax.data":  # the package __init__ only re-exports
+        visit(target, stack + [name])
+  for name in graph:
+    visit(name, [])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax import decoding
-from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.models.captioner import Captioner
 from mmjax.models.grounding import (CoordinateDecoder, box_loss, coordinate_example,
                                     cxcywh_to_xyxy, dequantize_coordinates, quantize_coordinates,

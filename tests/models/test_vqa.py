@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mmjax.data import shapeworld
-from mmjax.data.tokenizer import shapeworld_tokenizer
-from mmjax.models.captioner import Captioner, caption_loss
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.losses import caption_loss
+from mmjax.models.captioner import Captioner
 from mmjax.models.vqa import (SHAPEWORLD_ANSWERS, GenerativeAnswerer, VQAClassifier,
                               generative_example)
 from mmjax.nn.text import TextTransformer

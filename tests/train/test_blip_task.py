@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.models.captioner import caption_loss
+from mmjax.losses import caption_loss
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.logging import read_jsonl
 from mmjax.train.tasks import get_task_class
@@ -18,9 +18,9 @@ CONFIG = ROOT / "configs" / "blip_shapeworld.py"
 TINY = [
     "batch_size=8", "total_steps=3", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
     "data.image_size=16", "data.context_length=12", "model.embed_dim=16",
-    "model.image.stem_channels=(4,)", "model.image.patch_size=4", "model.image.width=16",
-    "model.image.layers=1", "model.image.heads=2", "model.text.width=16", "model.text.layers=1",
-    "model.text.heads=2", "optim.warmup_steps=1", "optim.learning_rate=0.01",
+    "model.stem_channels=(4,)", "model.patch_size=4", "model.vision_width=16",
+    "model.vision_layers=1", "model.vision_heads=2", "model.text_width=16", "model.text_layers=1",
+    "model.text_heads=2", "optim.warmup_steps=1", "optim.learning_rate=0.01",
     "eval.zero_shot_images=8", "eval.retrieval_images=8", "eval.batch_size=8",
     "eval.itm_rerank_k=4", "eval.caption_images=4",
 ]

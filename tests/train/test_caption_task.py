@@ -1,5 +1,6 @@
 """The captioning task through the one trainer: eval metrics against a recompute with a naive
-(cache-free) greedy decoder, attribute accuracies against hand counts, bad input.
+(cache-free) greedy decoder, bad input. (Attribute accuracies against hand counts:
+tests/metrics/test_caption_attributes.py.)
 
 The 8-device (data=4, fsdp=2) comparison is left out: a second trainer run with its own
 compilations did not fit the file's 40 s budget (tests/train/test_trainer.py covers the
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 
 from mmjax import metrics
+from mmjax.data import shapeworld
+from mmjax.data.tokenizer import split_words
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.logging import read_jsonl
 from mmjax.train.tasks import get_task_class
-from mmjax.train.tasks.captioning import CaptionTask, attribute_metrics
+from mmjax.train.tasks.captioning import CaptionTask
 from mmjax.train.trainer import train
 
 from conftest import ROOT
@@ -20,9 +23,9 @@ from conftest import ROOT
 CONFIG = ROOT / "configs" / "caption_shapeworld.py"
 TINY = [
     "batch_size=8", "total_steps=3", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
-    "data.image_size=16", "data.context_length=12", "model.image.stem_channels=(4,)",
-    "model.image.patch_size=4", "model.image.width=16", "model.image.layers=1",
-    "model.image.heads=2", "model.text.width=16", "model.text.layers=1", "model.text.heads=2",
+    "data.image_size=16", "data.context_length=12", "model.stem_channels=(4,)",
+    "model.patch_size=4", "model.vision_width=16", "model.vision_layers=1",
+    "model.vision_heads=2", "model.text_width=16", "model.text_layers=1", "model.text_heads=2",
     "optim.warmup_steps=1",
     "optim.learning_rate=0.01", "eval.num_images=6", "eval.batch_size=4",
 ]
@@ -85,22 +88,20 @@ def test_eval_metrics_equal_a_recompute_from_naive_greedy_captions(trained):
                              rtol=1e-9)
   np.testing.assert_allclose(got["cider_d"], metrics.cider_d(captions, data["references"]),
                              rtol=1e-9)
-  for key, value in attribute_metrics(captions, data).items():
+  words = [split_words(caption) for caption in captions]
+  said_as = {"size": shapeworld.SIZES, "colour": shapeworld.COLOURS, "shape": shapeworld.SHAPES}
+  for key, value in metrics.attribute_metrics(words, data, said_as).items():
     assert got[key] == value, key
 
 
-def test_attribute_metrics_against_hand_counts():
-  # Image 0: one small red circle; image 1: a large blue star and a small green square.
-  labels = {"num_objects": np.array([1, 2]),
-            "size": np.array([[0, -1], [1, 0]]), "colour": np.array([[0, -1], [2, 1]]),
-            "shape": np.array([[0, -1], [3, 1]])}
-  out = attribute_metrics(["a small red circle.", "a large blue star and a green square."], labels)
-  assert out == {"object_accuracy": (1.0 + 0.5) / 2, "shape_accuracy": 1.0,
-                 "colour_accuracy": 1.0, "size_accuracy": 1.0, "single_object_accuracy": 1.0}
-  # "circle that is red": not named together; first colour word "blue" is wrong.
-  out = attribute_metrics(["a small circle that is blue.", "two shapes."], labels)
-  assert out == {"object_accuracy": 0.0, "shape_accuracy": 1.0, "colour_accuracy": 0.0,
-                 "size_accuracy": 1.0, "single_object_accuracy": 0.0}
+def test_canonical_captions_name_every_object():
+  # ShapeWorld's caption 0 lists every object as "a <size> <colour> <shape>".
+  task = CaptionTask(tiny_config())
+  data = task._eval_data()
+  canonical = [references[0] for references in data["references"]]
+  assert task.caption_metrics(canonical) | {"bleu4": 0, "cider_d": 0} == {
+      "bleu4": 0, "cider_d": 0, "object_accuracy": 1.0, "shape_accuracy": 1.0,
+      "colour_accuracy": 1.0, "size_accuracy": 1.0, "single_object_accuracy": 1.0}
 
 
 def test_bad_batches_raise(trained):

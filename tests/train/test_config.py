@@ -1,10 +1,15 @@
-"""Config loading and CLI overrides."""
+"""Config loading and CLI overrides; every configs/*.py derives from configs/common.py and
+builds its task's model."""
+import ast
+import importlib.util
 import subprocess
 import sys
 
 import pytest
 
+from mmjax.models import get_model_class
 from mmjax.train.config import apply_overrides, flat_keys, load_config
+from mmjax.train.tasks import get_task_class
 
 from conftest import CONFIG, ROOT
 
@@ -45,5 +50,80 @@ def test_cli_rejects_unknown_key(tmp_path):
        str(tmp_path / "w"), "--config.modle.width=3"], capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 2
   assert "unknown config key 'modle.width'" in proc.stderr
-  assert "model.image.width" in proc.stderr
+  assert "model.image_encoder.width" in proc.stderr
   assert not (tmp_path / "w").exists()  # nothing was created for a bad command
+
+
+CONFIGS = sorted((ROOT / "configs").glob("*_shapeworld.py"))
+VARIANTS = [str(path) for path in CONFIGS] + [
+    f"{ROOT / 'configs' / 'vqa_shapeworld.py'}:generative",
+    f"{ROOT / 'configs' / 'grounding_shapeworld.py'}:tokens"]
+# ldm's default autoencoder.workdir is a run to be trained first; "" is pixel space.
+NEEDS_RUNS = {"ldm_shapeworld.py": ["autoencoder.workdir="]}
+
+
+@pytest.mark.parametrize("spec", VARIANTS, ids=lambda spec: spec.rsplit("/", 1)[-1])
+def test_every_config_builds_its_task(spec):
+  config = load_config(spec)
+  config = apply_overrides(config, NEEDS_RUNS.get(spec.rsplit("/", 1)[-1], []))
+  task = get_task_class(config.task)(config)  # the registry checks every model key
+  assert type(task.model) is get_model_class(config.model.name)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_every_config_derives_from_common_and_documents_its_command(path):
+  tree = ast.parse(path.read_text())
+  docstring = ast.get_docstring(tree)
+  assert docstring and f"--config configs/{path.name}" in docstring
+  imported = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
+  assert imported & {"common", "ddpm_shapeworld", "clip_shapeworld"}, imported
+  assert "load_config" not in path.read_text()  # parents are imported, not loaded by path
+
+
+def test_derived_configs_import_their_parent_from_anywhere(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # configs/ is found through the file's folder, not the cwd
+  ddpm = load_config(ROOT / "configs" / "ddpm_shapeworld.py")
+  ldm = load_config(ROOT / "configs" / "ldm_shapeworld.py")
+  assert ldm.model.unet.attention_levels == (0, 1) and ddpm.model.unet.attention_levels == (1,)
+  assert ldm.optim == ddpm.optim and ldm.model.text == ddpm.model.text
+  assert "common" not in sys.modules and "ddpm_shapeworld" not in sys.modules
+
+
+def test_blip_is_clip_but_for_its_model_loss_weights_and_evals():
+  clip, blip = load_config(CONFIG), load_config(ROOT / "configs" / "blip_shapeworld.py")
+  for key in ("seed", "batch_size", "total_steps", "eval_every", "mesh", "data", "optim"):
+    assert blip[key] == clip[key], key
+  assert {k: blip.loss[k] for k in clip.loss} == clip.loss.to_dict()
+  assert {k: blip.eval[k] for k in clip.eval} == clip.eval.to_dict()
+  assert "grad_cache_chunks" not in blip  # BLIP's ITM needs the whole batch: no GradCache
+  image, text = clip.model.image_encoder, clip.model.text_encoder
+  assert (blip.model.vision_width, blip.model.vision_layers, blip.model.patch_size,
+          blip.model.text_width, blip.model.text_layers) == (
+              image.width, image.num_layers, image.patch_size, text.width, text.num_layers)
+
+
+def test_config_variants():
+  vqa = ROOT / "configs" / "vqa_shapeworld.py"
+  assert load_config(vqa).model.name == "vqa_classifier"
+  assert load_config(f"{vqa}:generative").model.name == "captioner"
+  with pytest.raises(ValueError, match=r"clip_shapeworld.py' takes no argument, got 'big'"):
+    load_config(f"{CONFIG}:big")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_config(ROOT / "configs" / "nope.py:big")
+
+
+def test_misspelt_model_key_is_an_error_naming_the_fields():
+  config = load_config(CONFIG)
+  config.model.image_encoder.widht = 32  # a ConfigDict accepts new keys; the registry does not
+  with pytest.raises(ValueError, match=r"unknown config key model.image_encoder.widht: "
+                     r"VisionTransformer's fields are \[.*'width'"):
+    get_task_class(config.task)(config)
+
+
+def test_common_rejects_misspelt_keys():
+  spec = importlib.util.spec_from_file_location("common_under_test", ROOT / "configs" / "common.py")
+  common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(common)
+  assert common.adamw(1e-3, b2=0.99).b2 == 0.99
+  with pytest.raises(ValueError, match=r"common.adamw has no key 'warmup'; its keys are"):
+    common.adamw(1e-3, warmup=10)

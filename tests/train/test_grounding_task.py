@@ -18,17 +18,26 @@ from conftest import ROOT
 CONFIG = ROOT / "configs" / "grounding_shapeworld.py"
 TINY = [
     "batch_size=8", "total_steps=3", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
-    "data.image_size=16", "model.image.stem_channels=(4,)", "model.image.patch_size=4",
-    "model.image.width=16", "model.image.layers=1", "model.image.heads=2", "model.text.width=16",
-    "model.text.layers=1", "model.text.heads=2", "model.head_hidden=16", "model.num_bins=8",
-    "optim.warmup_steps=1", "optim.learning_rate=0.01", "eval.num_examples=12",
-    "eval.batch_size=8",
+    "data.image_size=16", "optim.warmup_steps=1", "optim.learning_rate=0.01",
+    "eval.num_examples=12", "eval.batch_size=8",
 ]
+TINY_MODEL = {  # per head (configs/grounding_shapeworld.py:HEAD)
+    "regression": [
+        "model.image_encoder.stem_channels=(4,)", "model.image_encoder.patch_size=4",
+        "model.image_encoder.width=16", "model.image_encoder.num_layers=1",
+        "model.image_encoder.num_heads=2", "model.text_encoder.width=16",
+        "model.text_encoder.num_layers=1", "model.text_encoder.num_heads=2",
+        "model.hidden_dim=16"],
+    "tokens": [
+        "model.stem_channels=(4,)", "model.patch_size=4", "model.vision_width=16",
+        "model.vision_layers=1", "model.vision_heads=2", "model.text_width=16",
+        "model.text_layers=1", "model.text_heads=2", "num_bins=8"],
+}
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-def tiny_config(*extra):
-  return apply_overrides(load_config(CONFIG), TINY + list(extra))
+def tiny_config(*extra, head="regression"):
+  return apply_overrides(load_config(f"{CONFIG}:{head}"), TINY + TINY_MODEL[head] + list(extra))
 
 
 def _mesh():
@@ -72,7 +81,7 @@ def test_evaluate_equals_a_recompute_from_predicted_boxes(trained):
 
 
 def test_tokens_head_trains_and_decodes_only_coordinates():
-  task = GroundingTask(tiny_config("model.head=tokens", "eval.num_examples=8"))
+  task = GroundingTask(tiny_config("eval.num_examples=8", head="tokens"))
   data = task._eval_data()
   v, bins = task.tokenizer.vocab_size, task.num_bins
   rows = np.arange(8)
@@ -90,8 +99,11 @@ def test_tokens_head_trains_and_decodes_only_coordinates():
 
 
 def test_bad_input_raises_clear_errors():
-  with pytest.raises(ValueError, match="model.head must be one of"):
-    GroundingTask(tiny_config("model.head=anchors"))
+  with pytest.raises(ValueError, match=r"model.name must be one of \['captioner', "
+                     r"'regression_grounder'\]"):
+    GroundingTask(tiny_config("model.name=vqa_classifier"))
+  with pytest.raises(ValueError, match="num_bins must be >= 2, got 1"):
+    GroundingTask(tiny_config("num_bins=1", head="tokens"))
   with pytest.raises(ValueError, match="eval.num_examples must be positive"):
     GroundingTask(tiny_config("eval.num_examples=0"))
   task = GroundingTask(tiny_config())

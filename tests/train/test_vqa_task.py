@@ -18,16 +18,26 @@ from conftest import ROOT
 CONFIG = ROOT / "configs" / "vqa_shapeworld.py"
 TINY = [
     "batch_size=8", "total_steps=3", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
-    "data.image_size=16", "model.image.stem_channels=(4,)", "model.image.patch_size=4",
-    "model.image.width=16", "model.image.layers=1", "model.image.heads=2", "model.text.width=16",
-    "model.text.layers=1", "model.text.heads=2", "model.head_hidden=16", "optim.warmup_steps=1",
-    "optim.learning_rate=0.01", "eval.num_examples=20", "eval.batch_size=4",
+    "data.image_size=16", "optim.warmup_steps=1", "optim.learning_rate=0.01",
+    "eval.num_examples=20", "eval.batch_size=4",
 ]
+TINY_MODEL = {  # per head (configs/vqa_shapeworld.py:HEAD)
+    "classifier": [
+        "model.image_encoder.stem_channels=(4,)", "model.image_encoder.patch_size=4",
+        "model.image_encoder.width=16", "model.image_encoder.num_layers=1",
+        "model.image_encoder.num_heads=2", "model.question_encoder.width=16",
+        "model.question_encoder.num_layers=1", "model.question_encoder.num_heads=2",
+        "model.hidden_dim=16"],
+    "generative": [
+        "model.stem_channels=(4,)", "model.patch_size=4", "model.vision_width=16",
+        "model.vision_layers=1", "model.vision_heads=2", "model.text_width=16",
+        "model.text_layers=1", "model.text_heads=2"],
+}
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-def tiny_config(*extra):
-  return apply_overrides(load_config(CONFIG), TINY + list(extra))
+def tiny_config(*extra, head="classifier"):
+  return apply_overrides(load_config(f"{CONFIG}:{head}"), TINY + TINY_MODEL[head] + list(extra))
 
 
 def _mesh():
@@ -38,7 +48,7 @@ def _mesh():
 def trained(tmp_path_factory):
   """3 steps of the generative head on one device, evaluated (constrained decoding) at the end."""
   workdir = tmp_path_factory.mktemp("vqa")
-  config = tiny_config("model.head=generative", "eval.num_examples=10", "eval.batch_size=2")
+  config = tiny_config("eval.num_examples=10", "eval.batch_size=2", head="generative")
   return config, workdir, train(config, workdir, devices=jax.devices()[:1], progress=False)
 
 
@@ -83,8 +93,12 @@ def test_classifier_accuracy_equals_a_recompute_from_logits():
 
 
 def test_bad_input_raises_clear_errors():
-  with pytest.raises(ValueError, match="model.head must be one of"):
-    VQATask(tiny_config("model.head=ranking"))
+  with pytest.raises(ValueError, match=r"model.name must be one of \['captioner', "
+                     r"'vqa_classifier'\]"):
+    VQATask(tiny_config("model.name=clip"))
+  with pytest.raises(ValueError, match=r"vqa_shapeworld.py:HEAD takes HEAD in \('classifier', "
+                     r"'generative'\), got 'ranking'"):
+    load_config(f"{CONFIG}:ranking")
   with pytest.raises(ValueError, match="eval.num_examples must be a positive multiple of 5"):
     VQATask(tiny_config("eval.num_examples=7"))
   task = VQATask(tiny_config())

@@ -16,8 +16,9 @@ _TASKS = {
 
 
 def get_task_class(name: str):
-  """The Task class registered as `name` (imported lazily)."""
-  if name not in _TASKS:
-    raise ValueError(f"unknown task {name!r}; registered tasks are {sorted(_TASKS)}")
-  module, cls = _TASKS[name].split(":")
+  """The Task class registered as `name`, or named "package.module:Class" (imported lazily)."""
+  if not isinstance(name, str) or (name not in _TASKS and ":" not in name):
+    raise ValueError(f"unknown task {name!r}; registered tasks are {sorted(_TASKS)} (or give "
+                     "'package.module:Class')")
+  module, cls = _TASKS.get(name, name).split(":")
   return getattr(importlib.import_module(module), cls)

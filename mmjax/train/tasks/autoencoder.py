@@ -23,13 +23,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax.data import pipeline, shapeworld
+from mmjax.data.shapeworld_inputs import check_images, shapeworld_source
+from mmjax.models import build_model
 from mmjax.nn.autoencoder import (RECONSTRUCTION_LOSSES, KLAutoencoder, autoencoder_loss,
                                   estimate_scaling_factor)
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import check_images, shapeworld_source
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class _LoadImage:
@@ -43,16 +42,6 @@ class _LoadImage:
     return {"image": image.astype(np.float32) / np.float32(255)}
 
 
-def build_autoencoder(config: ml_collections.ConfigDict) -> KLAutoencoder:
-  """The `KLAutoencoder` described by `config.model`."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  return KLAutoencoder(channels=tuple(config.channels), latent_channels=config.latent_channels,
-                       num_res_blocks=config.num_res_blocks, num_groups=config.num_groups,
-                       mid_attention=config.mid_attention, num_heads=config.num_heads,
-                       scaling_factor=config.scaling_factor, dtype=DTYPES[config.dtype])
-
-
 def psnr(mse: float | np.ndarray, peak: float = 1.0) -> float | np.ndarray:
   """Peak signal-to-noise ratio 10 log10(peak^2 / mse) in dB."""
   return 10.0 * np.log10(peak ** 2 / np.asarray(mse, np.float64))
@@ -63,7 +52,7 @@ class AutoencoderTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self._model = build_autoencoder(config.model)
+    self._model = build_model(config.model)
     loss = config.loss
     if loss.reconstruction not in RECONSTRUCTION_LOSSES:
       raise ValueError(f"loss.reconstruction must be one of {RECONSTRUCTION_LOSSES}, got "

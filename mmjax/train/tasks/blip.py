@@ -24,34 +24,18 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax import decoding, losses, metrics
-from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.data.shapeworld_inputs import check_caption_batch
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.losses import caption_loss
+from mmjax.models import build_model
 from mmjax.models.blip import BLIP
-from mmjax.models.captioner import caption_loss
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.caption_generation import CaptionGeneration
-from mmjax.train.tasks.contrastive import DTYPES, ContrastiveTask, contrastive_loss
-from mmjax.train.tasks.shapeworld_inputs import check_caption_batch
+from mmjax.train.tasks.contrastive import ContrastiveTask, contrastive_loss
 
 LOSS_WEIGHTS = ("itc_weight", "itm_weight", "lm_weight")
 ITM_POSITIVES = ("caption", "label")
-
-
-def build_blip(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int,
-               max_length: int) -> BLIP:
-  """`BLIP` from `config.model` (image.*: the ViT, text.*: the text transformer, embed_dim,
-  mlp_ratio, logit_scale_init, dtype); `max_length` = context length + prompt length."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  image, text = config.image, config.text
-  return BLIP(vocab_size=vocab_size, max_length=max_length, embed_dim=config.embed_dim,
-              patch_size=image.patch_size, vision_width=image.width, vision_layers=image.layers,
-              vision_heads=image.heads, vision_pool=image.pool,
-              stem_channels=tuple(image.stem_channels), text_width=text.width,
-              text_layers=text.layers, text_heads=text.heads, mlp_ratio=config.mlp_ratio,
-              pad_id=pad_id, logit_scale_init=config.logit_scale_init,
-              dtype=DTYPES[config.dtype], attention_impl=config.attention_impl,
-              remat=config.remat)
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -92,7 +76,8 @@ class BLIPTask(CaptionGeneration, ContrastiveTask):
     # Decoder rows: BOS + prompt + caption + EOS, the caption part as long as a batch's text.
     self.lm_length = config.data.context_length + len(self.prompt_ids)
     self.max_new_tokens = config.data.context_length - 1  # caption words + EOS after the prompt
-    self._model = build_blip(config.model, tok.vocab_size, tok.pad_id, self.lm_length)
+    self._model = build_model(config.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                              max_length=self.lm_length)
     self._eval_cache = None
     self._jitted = {}
 

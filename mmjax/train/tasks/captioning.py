@@ -5,7 +5,7 @@ Each training row is BOS + one of the image's 5 captions + EOS (the caption draw
 `caption_loss`. `evaluate` captions the first `eval.num_images` test images with jit-compiled
 greedy decoding (`eval.num_beams` = 1) or beam search and scores them against all 5 references:
 corpus BLEU-4 (sacrebleu's, /100), CIDEr-D, and attribute accuracies from the images'
-structured labels (see `attribute_metrics`).
+structured labels (`metrics.attribute_metrics`).
 """
 from __future__ import annotations
 
@@ -21,79 +21,20 @@ from jax.sharding import Mesh
 
 from mmjax import decoding, metrics
 from mmjax.data import pipeline, shapeworld
-from mmjax.data.tokenizer import shapeworld_tokenizer, split_words
-from mmjax.models.captioner import Captioner, caption_loss
+from mmjax.data.shapeworld_inputs import (check_caption_batch, image_text_init_inputs,
+                                          image_text_train_batches, shapeworld_source)
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.data.tokenizer import split_words
+from mmjax.losses import caption_loss
+from mmjax.models import build_model
+from mmjax.models.captioner import Captioner
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.caption_generation import CaptionGeneration
-from mmjax.train.tasks.shapeworld_inputs import (check_caption_batch, image_text_train_batches,
-                                                 init_image_text, shapeworld_source)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def build_captioner(config: ml_collections.ConfigDict, vocab_size: int,
-                    context_length: int) -> Captioner:
-  """`Captioner` from `config.model` (image.*: the ViT, text.*: the decoder, mlp_ratio, dtype)."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  image, text = config.image, config.text
-  return Captioner(vocab_size=vocab_size, max_length=context_length,
-                   patch_size=image.patch_size, vision_width=image.width,
-                   vision_layers=image.layers, vision_heads=image.heads,
-                   text_width=text.width, text_layers=text.layers, text_heads=text.heads,
-                   mlp_ratio=config.mlp_ratio, stem_channels=tuple(image.stem_channels),
-                   dtype=DTYPES[config.dtype], attention_impl=config.attention_impl,
-                   remat=config.remat)
-
-
-def _first_word_index(words: list[str], vocab: tuple[str, ...]) -> int:
-  """Index in `vocab` of the first of `words` that is in it, or -1."""
-  for word in words:
-    if word in vocab:
-      return vocab.index(word)
-  return -1
-
-
-def _names_together(words: list[str], phrase: list[str]) -> bool:
-  """Whether `phrase` occurs as consecutive words in `words`."""
-  n = len(phrase)
-  return any(words[i:i + n] == phrase for i in range(len(words) - n + 1))
-
-
-def attribute_metrics(captions: list[str], labels: dict[str, np.ndarray]) -> dict[str, float]:
-  """How well generated captions name the objects of their images.
-
-  Args:
-    captions: N generated captions.
-    labels: ShapeWorld structured labels: num_objects int `[N]`; shape, colour, size int
-      `[N, M]` (indices into SHAPES / COLOURS / SIZES, -1 padded).
-  Returns:
-    object_accuracy: mean over images of the fraction of its objects whose size, colour and
-      shape words appear together ("small red circle") in the caption.
-    For single-object images (if any): shape_accuracy, colour_accuracy, size_accuracy, the
-    fraction whose first shape / colour / size word in the caption is the true one, and
-    single_object_accuracy, all three right.
-  """
-  vocabs = {"shape": shapeworld.SHAPES, "colour": shapeworld.COLOURS, "size": shapeworld.SIZES}
-  per_image, single = [], {name: [] for name in vocabs}
-  for index, caption in enumerate(captions):
-    words = split_words(caption)
-    count = int(labels["num_objects"][index])
-    named = [_names_together(words, [vocabs[name][int(labels[name][index, k])]
-                                     for name in ("size", "colour", "shape")])
-             for k in range(count)]
-    per_image.append(np.mean(named))
-    if count == 1:
-      for name, vocab in vocabs.items():
-        single[name].append(_first_word_index(words, vocab) == int(labels[name][index, 0]))
-  results = {"object_accuracy": float(np.mean(per_image))}
-  if single["shape"]:
-    for name, hits in single.items():
-      results[f"{name}_accuracy"] = float(np.mean(hits))
-    results["single_object_accuracy"] = float(np.mean(np.logical_and.reduce(
-        [single[name] for name in vocabs])))
-  return results
+# ShapeWorld's attribute words in the order a caption says them ("a small red circle").
+ATTRIBUTE_VOCABULARIES = {"size": shapeworld.SIZES, "colour": shapeworld.COLOURS,
+                          "shape": shapeworld.SHAPES}
 
 
 class CaptionTask(CaptionGeneration, Task):
@@ -106,8 +47,8 @@ class CaptionTask(CaptionGeneration, Task):
     if config.eval.num_images < 1:
       raise ValueError(f"eval.num_images must be >= 1, got {config.eval.num_images}")
     self.tokenizer = shapeworld_tokenizer()
-    self._model = build_captioner(config.model, self.tokenizer.vocab_size,
-                                  config.data.context_length)
+    self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size,
+                              max_length=config.data.context_length)
     # Caption words + EOS after the BOS prompt fill the decoder's context_length positions.
     self.max_new_tokens = config.data.context_length - 1
     self._eval_cache = None
@@ -132,7 +73,7 @@ class CaptionTask(CaptionGeneration, Task):
   # -- model ----------------------------------------------------------------------------------
 
   def init_params(self, rng: jax.Array) -> Any:
-    return init_image_text(self._model, rng, self.config.data)
+    return self._model.init(rng, *image_text_init_inputs(self.config.data))["params"]
 
   def loss_fn(self, params, batch, rng):
     del rng  # No dropout.
@@ -205,7 +146,8 @@ class CaptionTask(CaptionGeneration, Task):
     references = data["references"]
     results = {"bleu4": metrics.corpus_bleu(captions, references) / 100.0,
                "cider_d": metrics.cider_d(captions, references)}
-    results.update(attribute_metrics(captions, data))
+    results.update(metrics.attribute_metrics([split_words(c) for c in captions], data,
+                                             ATTRIBUTE_VOCABULARIES))
     return results
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:

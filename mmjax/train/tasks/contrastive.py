@@ -13,38 +13,14 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from mmjax import losses, metrics
 from mmjax.data import pipeline, shapeworld
-from mmjax.data.tokenizer import shapeworld_tokenizer
+from mmjax.data.shapeworld_inputs import (check_images, check_tokens, image_text_init_inputs,
+                                          image_text_train_batches, shapeworld_source,
+                                          text_tower_fields)
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.models import build_model
 from mmjax.models.clip import CLIP
-from mmjax.nn.text import TextTransformer
-from mmjax.nn.vit import VisionTransformer
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import (check_images, check_tokens,
-                                                 image_text_train_batches, init_image_text,
-                                                 shapeworld_source)
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def build_clip(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, eos_id: int,
-               context_length: int) -> CLIP:
-  """CLIP from `config.model` (image/text tower widths, depths, heads; embed_dim; dtype)."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  dtype = DTYPES[config.dtype]
-  common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
-  image = VisionTransformer(patch_size=config.image.patch_size, width=config.image.width,
-                            num_layers=config.image.layers, num_heads=config.image.heads,
-                            mlp_ratio=config.image.mlp_ratio, pool=config.image.pool,
-                            stem_channels=tuple(config.image.get("stem_channels", ())),
-                            gelu_approximate=config.get("gelu_approximate", True), **common)
-  text = TextTransformer(vocab_size=vocab_size, context_length=context_length,
-                         width=config.text.width, num_layers=config.text.layers,
-                         num_heads=config.text.heads, mlp_ratio=config.text.mlp_ratio,
-                         pad_id=pad_id, eos_id=eos_id,
-                         gelu_approximate=config.get("gelu_approximate", True), **common)
-  return CLIP(image, text, embed_dim=config.embed_dim, logit_scale_init=config.logit_scale_init,
-              logit_bias_init=config.logit_bias_init, dtype=dtype)
 
 
 def contrastive_loss(outputs: dict[str, jax.Array], config: ml_collections.ConfigDict,
@@ -89,8 +65,8 @@ class ContrastiveTask(Task):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     self.tokenizer = shapeworld_tokenizer()
-    self._model = build_clip(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
-                             self.tokenizer.eos_id, config.data.context_length)
+    self._model = build_model(config.model, text_encoder=text_tower_fields(
+        self.tokenizer, config.data.context_length))
     self._eval_cache = None
     self._jitted = {}
 
@@ -114,7 +90,7 @@ class ContrastiveTask(Task):
   # -- model ----------------------------------------------------------------------------------
 
   def init_params(self, rng: jax.Array) -> Any:
-    return init_image_text(self._model, rng, self.config.data)
+    return self._model.init(rng, *image_text_init_inputs(self.config.data))["params"]
 
   def loss_fn(self, params, batch, rng):
     del rng  # The CLIP towers are deterministic (no dropout).

@@ -1,8 +1,9 @@
 """Text-to-image diffusion training (a text-conditioned UNet denoiser) on ShapeWorld.
 
-The model is a `UNet` that cross-attends to the per-token outputs of a `TextTransformer`
-trained jointly with it, plus a learned null context used for classifier-free guidance: with
-probability `diffusion.cfg_dropout` an example's text context is replaced by it in training.
+The model is a `TextToImageDenoiser` (mmjax/models/text_to_image.py): a `UNet` that
+cross-attends to the per-token outputs of a `TextTransformer` trained jointly with it, plus a
+learned null context used for classifier-free guidance: with probability
+`diffusion.cfg_dropout` an example's text context is replaced by it in training.
 
 With an `autoencoder` config section naming a trained autoencoder run (`autoencoder.workdir`),
 the same task is Stable-Diffusion-style latent diffusion: the UNet denoises the frozen
@@ -18,7 +19,6 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,79 +28,17 @@ from jax.sharding import Mesh
 from mmjax import diffusion
 from mmjax.diffusion import parameterization
 from mmjax.data import pipeline
-from mmjax.data.tokenizer import shapeworld_tokenizer
-from mmjax.nn.text import TextTransformer
-from mmjax.nn.unet import UNet
+from mmjax.data.shapeworld_inputs import (check_images, check_tokens, shapeworld_source,
+                                          text_tower_fields)
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.models import build_model
+from mmjax.models.text_to_image import TextToImageDenoiser
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import check_images, check_tokens, shapeworld_source
 from mmjax.train.tasks.diffusion_spaces import PixelSpace, load_latent_space
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SCHEDULES = {"cosine": diffusion.cosine_schedule, "linear": diffusion.linear_schedule,
              "scaled_linear": diffusion.scaled_linear_schedule}
-
-
-class TextToImageDenoiser(nn.Module):
-  """UNet denoiser conditioned on text-encoder tokens, with a learned null context.
-
-  Attributes:
-    text: the text encoder; its per-token features `[B, L, Dt]` are the UNet's context.
-    unet: the denoiser; its `context_dim` must equal the text width Dt.
-  """
-  text: TextTransformer
-  unet: UNet
-
-  def setup(self):
-    self.null_context = self.param(
-        "null_context", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                     (None, "embed")),
-        (self.text.context_length, self.text.width), jnp.float32)
-
-  def encode_text(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Token ids `[B, L]` -> (context `[B, L, Dt]` float32, context_mask `[B, L]` bool)."""
-    features, _ = self.text(tokens)
-    return features.astype(jnp.float32), tokens != self.text.pad_id
-
-  def null_condition(self, length: int) -> tuple[jax.Array, jax.Array]:
-    """The unconditional context `[L, Dt]` and its all-True mask `[L]`."""
-    return self.null_context[:length], jnp.ones((length,), bool)
-
-  def denoise(self, x_t: jax.Array, t: jax.Array, context: jax.Array,
-              context_mask: jax.Array, **unet_inputs: jax.Array) -> jax.Array:
-    """`x_t [B, H, W, 3]`, `t [B]` -> model output `[B, H, W, 3]` float32.
-
-    `unet_inputs`: further UNet conditioning (a super-resolution stage's `low_res`,
-    `aug_level`)."""
-    return self.unet(x_t, t, context=context, context_mask=context_mask, **unet_inputs)
-
-  def __call__(self, x_t: jax.Array, t: jax.Array, tokens: jax.Array,
-               **unet_inputs: jax.Array) -> jax.Array:
-    """Conditional output for `tokens [B, L]` (touches every parameter, for `init`)."""
-    context, mask = self.encode_text(tokens)
-    self.null_condition(tokens.shape[1])
-    return self.denoise(x_t, t, context, mask, **unet_inputs)
-
-
-def build_denoiser(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int, eos_id: int,
-                   context_length: int, **unet_extras) -> TextToImageDenoiser:
-  """The denoiser from `config.model` (dtype, attention_impl, text tower, unet); `unet_extras`
-  are further `UNet` attributes (e.g. `low_res_channels` for a super-resolution stage)."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  dtype = DTYPES[config.dtype]
-  text = TextTransformer(vocab_size=vocab_size, context_length=context_length,
-                         width=config.text.width, num_layers=config.text.layers,
-                         num_heads=config.text.heads, mlp_ratio=config.text.mlp_ratio,
-                         pad_id=pad_id, eos_id=eos_id, dtype=dtype,
-                         attention_impl=config.attention_impl)
-  u = config.unet
-  unet = UNet(channels=tuple(u.channels), num_res_blocks=u.num_res_blocks,
-              attention_levels=tuple(u.attention_levels), mid_attention=u.mid_attention,
-              num_heads=u.num_heads, context_dim=config.text.width, num_groups=u.num_groups,
-              dropout_rate=u.dropout_rate, scale_shift=u.scale_shift, dtype=dtype,
-              attention_impl=config.attention_impl, **unet_extras)
-  return TextToImageDenoiser(text=text, unet=unet)
 
 
 def build_schedule(config: ml_collections.ConfigDict) -> diffusion.Schedule:
@@ -117,9 +55,9 @@ class DiffusionTask(Task):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     self.tokenizer = shapeworld_tokenizer()
-    self._model = build_denoiser(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
-                                 self.tokenizer.eos_id, config.data.context_length,
-                                 **self._unet_extras())
+    self._model = build_model(
+        config.model, text=text_tower_fields(self.tokenizer, config.data.context_length),
+        unet=dict(context_dim=config.model.text.width, **self._unet_extras()))
     self.schedule = build_schedule(config.diffusion)
     cfg = config.diffusion
     parameterization.check_prediction(cfg.prediction)
@@ -166,7 +104,8 @@ class DiffusionTask(Task):
   # -- model ----------------------------------------------------------------------------------
 
   def _unet_extras(self) -> dict[str, Any]:
-    """Further `UNet` attributes for this task's denoiser (none for text-to-image)."""
+    """`UNet` fields this task fixes, besides the text context's width (none for
+    text-to-image; a super-resolution stage's low-res input)."""
     return {}
 
   def _extra_condition(self, x0: jax.Array, key: jax.Array, train: bool) -> dict[str, jax.Array]:

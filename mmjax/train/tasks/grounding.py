@@ -1,12 +1,12 @@
 """Visual grounding on ShapeWorld: box regression or coordinate tokens for a referring expression.
 
-`config.model.head`:
-  "regression": `RegressionGrounder` (ViT -> image-grounded expression encoder -> MLP ->
-    sigmoid (cx, cy, w, h)), trained with `box_loss` (loss.l1_weight * L1 + loss.giou_weight *
-    (1 - GIoU)).
-  "tokens": `Captioner` over the word vocabulary + `model.num_bins` coordinate tokens, trained on
-    BOS + expression + 4 coordinate tokens + EOS with the prompt masked out of the loss; boxes
-    by greedy decoding restricted to coordinate tokens (`CoordinateDecoder`).
+The model (`config.model.name`, see `configs/grounding_shapeworld.py`) is the head:
+  "regression_grounder" (the regression head): `RegressionGrounder` (ViT -> image-grounded
+    expression encoder -> MLP -> sigmoid (cx, cy, w, h)), trained with `box_loss`
+    (loss.l1_weight * L1 + loss.giou_weight * (1 - GIoU)).
+  "captioner" (the tokens head): `Captioner` over the word vocabulary + `num_bins` coordinate
+    tokens, trained on BOS + expression + 4 coordinate tokens + EOS with the prompt masked out
+    of the loss; boxes by greedy decoding restricted to coordinate tokens (`CoordinateDecoder`).
 
 Every row is an image's `referring` expression and its `referring_box` (x0, y0, x1, y1) in
 [0, 1]. `evaluate` predicts the boxes of the first `eval.num_examples` test images and reports
@@ -24,49 +24,18 @@ from jax.sharding import Mesh
 
 from mmjax import metrics
 from mmjax.data import pipeline
-from mmjax.data.tokenizer import shapeworld_tokenizer
-from mmjax.models.captioner import Captioner, caption_loss
-from mmjax.models.grounding import (NUM_BOX_TOKENS, CoordinateDecoder, RegressionGrounder,
-                                    box_loss, coordinate_example)
-from mmjax.nn.text import TextTransformer
-from mmjax.nn.vit import VisionTransformer
+from mmjax.data.shapeworld_inputs import (check_images, check_tokens, example_train_batches,
+                                          image_text_init_inputs, shapeworld_source,
+                                          text_tower_fields)
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.losses import caption_loss
+from mmjax.models import build_model
+from mmjax.models.grounding import NUM_BOX_TOKENS, CoordinateDecoder, box_loss, coordinate_example
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import (check_images, check_tokens, example_train_batches,
-                                                 init_image_text, shapeworld_source)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-HEADS = ("regression", "tokens")
+HEADS = {"regression_grounder": "regression", "captioner": "tokens"}  # model.name -> head
 IOU_THRESHOLDS = (0.5, 0.75)
-
-
-def build_grounding_model(config: ml_collections.ConfigDict, word_vocab_size: int, pad_id: int,
-                          eos_id: int, context_length: int):
-  """`RegressionGrounder` or coordinate-token `Captioner` from `config.model`."""
-  if config.head not in HEADS:
-    raise ValueError(f"model.head must be one of {HEADS}, got {config.head!r}")
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  dtype, image, text = DTYPES[config.dtype], config.image, config.text
-  common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
-  if config.head == "tokens":
-    if config.num_bins < 2:
-      raise ValueError(f"model.num_bins must be >= 2, got {config.num_bins}")
-    return Captioner(vocab_size=word_vocab_size + config.num_bins, max_length=context_length,
-                     patch_size=image.patch_size, vision_width=image.width,
-                     vision_layers=image.layers, vision_heads=image.heads,
-                     text_width=text.width, text_layers=text.layers, text_heads=text.heads,
-                     mlp_ratio=text.mlp_ratio, stem_channels=tuple(image.stem_channels), **common)
-  image_encoder = VisionTransformer(patch_size=image.patch_size, width=image.width,
-                                    num_layers=image.layers, num_heads=image.heads,
-                                    mlp_ratio=image.mlp_ratio, pool="cls",
-                                    stem_channels=tuple(image.stem_channels), **common)
-  text_encoder = TextTransformer(vocab_size=word_vocab_size, context_length=context_length,
-                                 width=text.width, num_layers=text.layers, num_heads=text.heads,
-                                 mlp_ratio=text.mlp_ratio, causal=False, pool=text.pool,
-                                 pad_id=pad_id, eos_id=eos_id, cross_attention=True, **common)
-  return RegressionGrounder(image_encoder, text_encoder, hidden_dim=config.head_hidden,
-                            dtype=dtype)
 
 
 class _LoadReferring:
@@ -107,20 +76,29 @@ class _LoadReferring:
 
 
 class GroundingTask(Task):
-  """ShapeWorld referring-expression grounding with `model.head` = "regression" | "tokens"."""
+  """ShapeWorld referring-expression grounding with the regression ("regression_grounder") or
+  tokens ("captioner") head."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self.head = config.model.head
-    if self.head not in HEADS:
-      raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
+    self.head = HEADS.get(config.model.get("name"))
+    if self.head is None:
+      raise ValueError(f"model.name must be one of {sorted(HEADS)} (the regression or the tokens "
+                       f"head), got {config.model.get('name')!r}")
     if config.eval.num_examples <= 0:
       raise ValueError(f"eval.num_examples must be positive, got {config.eval.num_examples}")
     self.tokenizer = shapeworld_tokenizer()
-    self.num_bins = int(config.model.num_bins)
-    self._model = build_grounding_model(config.model, self.tokenizer.vocab_size,
-                                        self.tokenizer.pad_id, self.tokenizer.eos_id,
-                                        config.data.context_length)
+    length = config.data.context_length
+    if self.head == "tokens":
+      self.num_bins = int(config.num_bins)
+      if self.num_bins < 2:
+        raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
+      self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size + self.num_bins,
+                                max_length=length)
+    else:
+      self.num_bins = 0  # no coordinate tokens
+      self._model = build_model(config.model,
+                                text_encoder=text_tower_fields(self.tokenizer, length))
     self.decoder = (CoordinateDecoder(self._model, self.tokenizer.vocab_size, self.num_bins,
                                       self.tokenizer.pad_id) if self.head == "tokens" else None)
     self._eval_cache = None
@@ -155,7 +133,7 @@ class GroundingTask(Task):
   # -- model ----------------------------------------------------------------------------------
 
   def init_params(self, rng: jax.Array) -> Any:
-    return init_image_text(self._model, rng, self.config.data)
+    return self._model.init(rng, *image_text_init_inputs(self.config.data))["params"]
 
   def loss_fn(self, params, batch, rng):
     del rng  # No dropout.

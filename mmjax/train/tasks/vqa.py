@@ -1,9 +1,10 @@
 """Visual question answering on ShapeWorld: a classifier head or a generative (Captioner) head.
 
-`config.model.head`:
-  "classifier": `VQAClassifier`, softmax cross-entropy over `SHAPEWORLD_ANSWERS`.
-  "generative": `Captioner` on BOS + question + answer + EOS, the prompt masked out of the loss;
-    evaluated by greedy decoding constrained to the answer list.
+The model (`config.model.name`, see `configs/vqa_shapeworld.py`) is the head:
+  "vqa_classifier" (the classifier head): `VQAClassifier`, softmax cross-entropy over
+    `SHAPEWORLD_ANSWERS`.
+  "captioner" (the generative head): `Captioner` on BOS + question + answer + EOS, the prompt
+    masked out of the loss; evaluated by greedy decoding constrained to the answer list.
 
 Each training row is one of an image's 5 question/answer pairs, chosen by
 `pipeline.example_rng(seed, epoch, index, "question")`.
@@ -22,19 +23,17 @@ import optax
 from jax.sharding import Mesh
 
 from mmjax.data import pipeline
-from mmjax.data.tokenizer import shapeworld_tokenizer
-from mmjax.models.captioner import Captioner, caption_loss
-from mmjax.models.vqa import (SHAPEWORLD_ANSWERS, GenerativeAnswerer, VQAClassifier,
-                              generative_example)
-from mmjax.nn.text import TextTransformer
-from mmjax.nn.vit import VisionTransformer
+from mmjax.data.shapeworld_inputs import (check_images, check_tokens, example_train_batches,
+                                          image_text_init_inputs, shapeworld_source,
+                                          text_tower_fields)
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.losses import caption_loss
+from mmjax.models import build_model
+from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer, generative_example
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.shapeworld_inputs import (check_images, check_tokens, example_train_batches,
-                                                 init_image_text, shapeworld_source)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-HEADS = ("classifier", "generative")
+HEADS = {"vqa_classifier": "classifier", "captioner": "generative"}  # model.name -> head
 QUESTIONS_PER_IMAGE = 5
 QUESTION_TYPES = ("count", "colour", "shape", "exists", "relation", "size")
 
@@ -48,34 +47,6 @@ def question_type(slot: int, question: str) -> int:
   if slot < 4:
     return slot
   return QUESTION_TYPES.index("size" if question.startswith("what size") else "relation")
-
-
-def build_vqa_model(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int,
-                    eos_id: int, context_length: int, num_answers: int):
-  """`VQAClassifier` or `Captioner` from `config.model` (head, image/text towers, dtype)."""
-  if config.head not in HEADS:
-    raise ValueError(f"model.head must be one of {HEADS}, got {config.head!r}")
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  dtype, image, text = DTYPES[config.dtype], config.image, config.text
-  common = dict(dtype=dtype, attention_impl=config.attention_impl, remat=config.remat)
-  if config.head == "generative":
-    return Captioner(vocab_size=vocab_size, max_length=context_length,
-                     patch_size=image.patch_size, vision_width=image.width,
-                     vision_layers=image.layers, vision_heads=image.heads,
-                     text_width=text.width, text_layers=text.layers, text_heads=text.heads,
-                     mlp_ratio=text.mlp_ratio, stem_channels=tuple(image.stem_channels), **common)
-  image_encoder = VisionTransformer(patch_size=image.patch_size, width=image.width,
-                                    num_layers=image.layers, num_heads=image.heads,
-                                    mlp_ratio=image.mlp_ratio, pool="cls",
-                                    stem_channels=tuple(image.stem_channels), **common)
-  question_encoder = TextTransformer(vocab_size=vocab_size, context_length=context_length,
-                                     width=text.width, num_layers=text.layers,
-                                     num_heads=text.heads, mlp_ratio=text.mlp_ratio,
-                                     causal=False, pool=text.pool, pad_id=pad_id, eos_id=eos_id,
-                                     cross_attention=True, **common)
-  return VQAClassifier(image_encoder, question_encoder, num_answers=num_answers,
-                       hidden_dim=config.head_hidden, dtype=dtype)
 
 
 class _LoadQuestion:
@@ -116,21 +87,26 @@ class _LoadQuestion:
 
 
 class VQATask(Task):
-  """ShapeWorld VQA with `model.head` = "classifier" or "generative"."""
+  """ShapeWorld VQA with the classifier ("vqa_classifier") or generative ("captioner") head."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self.head = config.model.head
-    if self.head not in HEADS:
-      raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
+    self.head = HEADS.get(config.model.get("name"))
+    if self.head is None:
+      raise ValueError(f"model.name must be one of {sorted(HEADS)} (the classifier or the "
+                       f"generative head), got {config.model.get('name')!r}")
     if config.eval.num_examples % QUESTIONS_PER_IMAGE or config.eval.num_examples <= 0:
       raise ValueError(f"eval.num_examples must be a positive multiple of {QUESTIONS_PER_IMAGE} "
                        f"(all questions of each test image), got {config.eval.num_examples}")
     self.tokenizer = shapeworld_tokenizer()
     self.answers = SHAPEWORLD_ANSWERS
-    self._model = build_vqa_model(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
-                                  self.tokenizer.eos_id, config.data.context_length,
-                                  len(self.answers))
+    length = config.data.context_length
+    if self.head == "generative":
+      self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size,
+                                max_length=length)
+    else:
+      self._model = build_model(config.model, num_answers=len(self.answers),
+                                question_encoder=text_tower_fields(self.tokenizer, length))
     self.answerer = (GenerativeAnswerer(self._model, self.answers, self.tokenizer)
                      if self.head == "generative" else None)
     self._eval_cache = None
@@ -161,7 +137,7 @@ class VQATask(Task):
   # -- model ----------------------------------------------------------------------------------
 
   def init_params(self, rng: jax.Array) -> Any:
-    return init_image_text(self._model, rng, self.config.data)
+    return self._model.init(rng, *image_text_init_inputs(self.config.data))["params"]
 
   def loss_fn(self, params, batch, rng):
     del rng  # No dropout.

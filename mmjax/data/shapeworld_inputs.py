@@ -1,6 +1,9 @@
 """What every ShapeWorld task does the same way: its data source, its training batches, the
-checks of a host batch and the dummy inputs that initialise an (image, tokens) model.
+checks of a host batch, the dummy inputs that initialise an (image, tokens) model and the text
+tower fields the tokenizer fixes.
 
+`data` below is a task config's `data` section (name, seed, image_size, num_objects,
+train_length, context_length) and `config` the whole task config (batch_size, seed, data).
 The checks raise ValueError naming the step, the field, what it was and what was expected.
 """
 from __future__ import annotations
@@ -8,17 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mmjax.data import pipeline, shapeworld
 from mmjax.data.tokenizer import Tokenizer
 
 
-def shapeworld_source(data: ml_collections.ConfigDict, split: str, length: int,
+def shapeworld_source(data: Any, split: str, length: int,
                       num_objects=None) -> shapeworld.ShapeWorld:
   """The `split` ShapeWorld source of `length` examples from the task's `config.data`
   (name, seed, image_size, num_objects; `num_objects` overrides the last)."""
@@ -29,7 +28,7 @@ def shapeworld_source(data: ml_collections.ConfigDict, split: str, length: int,
                                num_objects=tuple(num_objects or data.num_objects))
 
 
-def image_text_train_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+def image_text_train_batches(config: Any, tokenizer: Tokenizer,
                              process_index: int, process_count: int,
                              **options) -> Iterator[dict[str, np.ndarray]]:
   """This host's (image, caption tokens) training batches of the task `config`
@@ -41,7 +40,7 @@ def image_text_train_batches(config: ml_collections.ConfigDict, tokenizer: Token
       seed=config.seed, process_index=process_index, process_count=process_count, **options))
 
 
-def example_train_batches(config: ml_collections.ConfigDict,
+def example_train_batches(config: Any,
                           make_loader: Callable[[Any], Callable[[int, int], dict]],
                           process_index: int, process_count: int
                           ) -> Iterator[dict[str, np.ndarray]]:
@@ -53,12 +52,20 @@ def example_train_batches(config: ml_collections.ConfigDict,
       seed=config.seed, process_index=process_index, process_count=process_count))
 
 
-def init_image_text(model: nn.Module, rng: jax.Array, data: ml_collections.ConfigDict) -> Any:
-  """`model.init(rng, images, tokens)["params"]` with zero images `[1, S, S, 3]` and tokens
-  `[1, L]` (S = data.image_size, L = data.context_length), for `(images, tokens)` models."""
-  images = jnp.zeros((1, data.image_size, data.image_size, 3), jnp.float32)
-  tokens = jnp.zeros((1, data.context_length), jnp.int32)
-  return model.init(rng, images, tokens)["params"]
+def image_text_init_inputs(data: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Zero images float32 `[1, S, S, 3]` and tokens int32 `[1, L]` (S = data.image_size,
+  L = data.context_length): the inputs `model.init(rng, images, tokens)` traces an
+  (images, tokens) model with."""
+  images = np.zeros((1, data.image_size, data.image_size, 3), np.float32)
+  tokens = np.zeros((1, data.context_length), np.int32)
+  return images, tokens
+
+
+def text_tower_fields(tokenizer: Tokenizer, context_length: int) -> dict[str, int]:
+  """The fields of a `TextTransformer` that the data fixes (vocab_size, context_length, pad_id,
+  eos_id): what a task passes to `build_model` for its text tower."""
+  return dict(vocab_size=tokenizer.vocab_size, context_length=context_length,
+              pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
 
 
 def _field(batch: Mapping[str, np.ndarray], key: str, step: int) -> np.ndarray:
@@ -81,7 +88,7 @@ def check_images(batch: Mapping[str, np.ndarray], step: int, image_size: int,
 
 
 def check_caption_batch(batch: Mapping[str, np.ndarray], step: int,
-                        data: ml_collections.ConfigDict, tokenizer: Tokenizer) -> None:
+                        data: Any, tokenizer: Tokenizer) -> None:
   """A captioning batch: float images `[B, S, S, 3]` and `text` int `[B, L]` rows of BOS +
   caption (at least one word) + EOS, padded (S = data.image_size, L = data.context_length)."""
   image = check_images(batch, step, data.image_size)
