@@ -11,11 +11,12 @@ def _parse(argv):
   parser = argparse.ArgumentParser(prog="mmjax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   for name, help_text in (("train", "train (or resume) a config in a workdir"),
-                          ("eval", "evaluate the latest checkpoint of a workdir")):
+                          ("eval", "evaluate the latest checkpoint of a workdir and write the "
+                                   "metrics to WORKDIR/eval/step_N.json")):
     p = sub.add_parser(name, help=help_text,
                        epilog="Override any config value with --config.KEY=VALUE, "
-                              "e.g. --config.batch_size=256 --config.model.image.width=256")
-    p.add_argument("--config", required=True, help="path to a configs/*.py file")
+                              "e.g. --config.batch_size=256 --config.model.embed_dim=256")
+    p.add_argument("--config", required=True, help="a configs/*.py file (FILE:ARG: a variant)")
     p.add_argument("--workdir", required=True, help="directory for checkpoints and results")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("--distributed", action="store_true",
@@ -23,7 +24,7 @@ def _parse(argv):
   p = sub.add_parser("sample", help="write a PNG grid of samples from the latest checkpoint",
                      epilog="Defaults for --steps/--guidance/--sampler/--seed come from the "
                             "config's `sample` section; --config.KEY=VALUE overrides apply.")
-  p.add_argument("--config", required=True, help="path to a configs/*.py file")
+  p.add_argument("--config", required=True, help="a configs/*.py file (FILE:ARG: a variant)")
   p.add_argument("--workdir", required=True, help="directory holding checkpoints/")
   p.add_argument("--prompt", action="append", required=True,
                  help="a caption; repeat for several (one grid row each)")
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     if jax.process_index() == 0:
       print_table(result.eval_metrics)
     return 143 if result.preempted else 0
+  from mmjax.train.eval_results import eval_record, write_eval_record
   from mmjax.train.trainer import evaluate_checkpoint
   try:
     metrics = evaluate_checkpoint(config, workdir)
@@ -119,6 +121,8 @@ def main(argv=None) -> int:
     return 2
   if jax.process_index() == 0:
     print_table(metrics)
+    record = eval_record(metrics, int(metrics["step"]), config, args.config, overrides)
+    print(f"wrote {write_eval_record(workdir, record)}")
   return 0
 
 
