@@ -11,13 +11,17 @@ float64 if the schedule is), t [B] the continuous time in [0, 1] of `mmjax.diffu
 (a discrete schedule's index is `schedule.index_from_time(t)` = t * T - 1), output [B, ...]
 of type `prediction` ("eps", "x0" or "v"), any float dtype (it is cast to float32).
 
+A repeated time (a zero-length step: a discrete grid from a traced t_start that leaves fewer
+training timesteps than steps, or an explicit `times` with repeats) is an identity step in
+every sampler, skipped without a network call (`lax.cond`): the state, the multistep history
+and the solver orders are those of the grid with the repeats removed.
+
 Compilation: `sample` is a pure traceable function; jit it (or the function that calls it)
 once per (shapes, num_steps, sampler); guidance scale, conditioning, eta, t_start and the
 schedule table may be traced arguments and then never recompile.
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mmjax.diffusion import forward
 from mmjax.diffusion import parameterization
@@ -88,15 +92,16 @@ def _sample_on_grid(denoise_fn, key, x_T, schedule, times, ends_at_zero, *, samp
   _check_invertible(prediction, alphas[0])
   x0_fn = _x0_predictor(denoise_fn, prediction, cond, x0_transform)
   x = x_T.astype(dtype)
+  moves = times[:-1] != times[1:]  # [N] False at a zero-length step
   if sampler == "heun":
-    x = _heun(x0_fn, x, times, alphas, sigmas, ends_at_zero)
+    x = _heun(x0_fn, x, times, alphas, sigmas, moves, ends_at_zero)
   else:
     stochastic = sampler in ("ddpm", "euler_ancestral") or (
         sampler == "ddim" and eta is not None and not _is_zero(eta))
     if stochastic and key is None:
       raise ValueError(f"sampler {sampler!r} with eta={eta} is stochastic and needs a PRNG key")
-    c_x, c_d, c_z = _linear_coefficients(sampler, alphas, sigmas, eta)
-    x = _linear_scan(x0_fn, x, key, times, alphas, sigmas, c_x, c_d, c_z, stochastic)
+    c_x, c_d, c_z = _linear_coefficients(sampler, alphas, sigmas, moves, eta)
+    x = _linear_scan(x0_fn, x, key, times, alphas, sigmas, moves, c_x, c_d, c_z, stochastic)
   return x.astype(x_T.dtype)
 
 
@@ -105,7 +110,9 @@ def img2img(denoise_fn, key, image, schedule: Schedule, *, strength, num_steps: 
   """SDEdit / img2img: noise `image` [B, ...] to t = strength, then sample back to t = 0.
 
   strength in (0, 1]: 1 ignores the image, small values keep it; it may be traced. On a
-  discrete schedule the start time is the training time nearest to strength.
+  discrete schedule the start time is the training time nearest to strength; a traced
+  strength with fewer training times below it than num_steps repeats grid times, which are
+  identity steps (see the module docstring).
   """
   image = jnp.asarray(image)
   times = sampling_times(schedule, num_steps, spacing, t_start=strength)
@@ -134,8 +141,10 @@ def _x0_predictor(denoise_fn, prediction, cond, x0_transform):
   return x0_fn
 
 
-def _linear_coefficients(sampler, alphas, sigmas, eta):
-  """Per-step (c_x [N], c_d [N, 1 + history], c_z [N]) of x' = c_x x + c_d . (x0s) + c_z z."""
+def _linear_coefficients(sampler, alphas, sigmas, moves, eta):
+  """Per-step (c_x [N], c_d [N, 1 + history], c_z [N]) of x' = c_x x + c_d . (x0s) + c_z z
+  at the moving steps (moves [N] True); the scan skips the others (their coefficients may be
+  0 / 0)."""
   a, a_next = alphas[:-1], alphas[1:]
   s, s_next = sigmas[:-1], sigmas[1:]
   ks, ks_next = s / a, s_next / a_next  # Karras noise levels sigma / alpha
@@ -153,27 +162,19 @@ def _linear_coefficients(sampler, alphas, sigmas, eta):
         ks_next ** 2 * (ks ** 2 - ks_next ** 2) / ks ** 2, 0.0, None)))
     down = jnp.sqrt(jnp.clip(ks_next ** 2 - up ** 2, 0.0, None))
     return a_next * down / s, (a_next * (1.0 - down / ks))[:, None], a_next * up
-  return _dpmpp_coefficients(_HISTORY[sampler] + 1, a_next, s, s_next, ks, ks_next) + (zeros,)
+  return _dpmpp_coefficients(_HISTORY[sampler] + 1, moves, a_next, s, s_next, ks,
+                             ks_next) + (zeros,)
 
 
-def _dpmpp_coefficients(max_order, a_next, s, s_next, ks, ks_next):
+def _dpmpp_coefficients(max_order, moves, a_next, s, s_next, ks, ks_next):
   """DPM-Solver++ multistep (Lu et al. 2022; diffusers' midpoint 2nd-order and 3rd-order
-  updates) as coefficients on the x0 predictions at steps i, i-1, i-2."""
-  num_steps = a_next.shape[0]
+  updates) as coefficients on the x0 predictions at the current and the one or two previous
+  moving steps (zero-length steps, moves False, are skipped: see `_solver_order`)."""
   ratio = ks_next / ks  # exp(-h)
-  final_is_zero = s_next[-1] == 0
   h = jnp.log(ks) - jnp.log(jnp.where(ks_next > 0, ks_next, 1.0))  # only used where finite
-  h = jnp.where(ks_next > 0, h, 1.0)
-  h_prev1 = jnp.concatenate([jnp.ones((1,), h.dtype), h[:-1]])
-  h_prev2 = jnp.concatenate([jnp.ones((2,), h.dtype), h[:-2]])[:num_steps]
-  order = np.minimum(np.arange(1, num_steps + 1), max_order)
-  if num_steps < _LOWER_ORDER_FINAL_BELOW:
-    order[-1] = 1
-    if num_steps >= 2:
-      order[-2] = min(order[-2], 2)
-  order = jnp.asarray(order)
-  # The step to sigma = 0 (h = inf) is always first order.
-  order = order.at[-1].set(jnp.where(final_is_zero, 1, order[-1]))
+  h = jnp.where((ks_next > 0) & moves, h, 1.0)
+  h_prev1, h_prev2 = _previous_moving(h, moves)
+  order = _solver_order(max_order, moves, ks_next)
 
   first = a_next * (1.0 - ratio)  # alpha_t (1 - e^-h): the DDIM / first-order update
   r0 = h_prev1 / h
@@ -191,6 +192,32 @@ def _dpmpp_coefficients(max_order, a_next, s, s_next, ks, ks_next):
   first = jnp.stack([first, jnp.zeros_like(first), jnp.zeros_like(first)], axis=-1)
   c_d = jnp.where((order == 1)[:, None], first, jnp.where((order == 2)[:, None], second, third))
   return s_next / s, c_d[:, :max_order]
+
+
+def _previous_moving(h, moves):
+  """(h at the previous moving step, h at the one before) for each step [N]; 1 where none."""
+  index = jnp.arange(h.shape[0])
+  latest = jax.lax.cummax(jnp.where(moves, index, -1))  # last moving step <= i
+  prev1 = jnp.concatenate([jnp.full((1,), -1, latest.dtype), latest[:-1]])
+  prev2 = jnp.where(prev1 >= 0, prev1[jnp.maximum(prev1, 0)], -1)
+  pick = lambda prev: jnp.where(prev >= 0, h[jnp.maximum(prev, 0)], 1.0)
+  return pick(prev1), pick(prev2)
+
+
+def _solver_order(max_order, moves, ks_next):
+  """Per-step order [N] of a multistep solver, counted over the moving steps only.
+
+  Warm-up: the k-th moving step (k = 0, 1, ...) has order min(k + 1, max_order). Below
+  _LOWER_ORDER_FINAL_BELOW moving steps the last is first order and the one before at most
+  second. The step to sigma = 0 (h = inf) is always first order.
+  """
+  position = jnp.cumsum(moves) - 1  # k of each moving step
+  count = jnp.sum(moves)
+  order = jnp.minimum(position + 1, max_order)
+  few = count < _LOWER_ORDER_FINAL_BELOW
+  order = jnp.where(few & (position == count - 1), 1, order)
+  order = jnp.where(few & (position == count - 2), jnp.minimum(order, 2), order)
+  return jnp.where(ks_next == 0, 1, order)
 
 
 def _one_minus_phi1_over_h(h):
@@ -211,49 +238,67 @@ def _phi2_minus_half(h):
   return jnp.where(small, series, (jnp.expm1(-hd) + hd) / hd ** 2 - 0.5)
 
 
-def _linear_scan(x0_fn, x, key, times, alphas, sigmas, c_x, c_d, c_z, stochastic):
+def _linear_scan(x0_fn, x, key, times, alphas, sigmas, moves, c_x, c_d, c_z, stochastic):
   num_steps, history = c_d.shape[0], c_d.shape[1] - 1
-  per_step = dict(t=times[:-1], alpha=alphas[:-1], sigma=sigmas[:-1], c_x=c_x, c_d=c_d)
+  per_step = dict(t=times[:-1], alpha=alphas[:-1], sigma=sigmas[:-1], moves=moves, c_x=c_x,
+                  c_d=c_d)
   if stochastic:
     per_step.update(c_z=c_z, key=jax.random.split(key, num_steps))
 
   def step(carry, coef):
-    x, older_x0s = carry
-    x0 = x0_fn(x, coef["t"], coef["alpha"], coef["sigma"])
-    x_next = coef["c_x"] * x + coef["c_d"][0] * x0
-    for k, older in enumerate(older_x0s):
-      x_next = x_next + coef["c_d"][k + 1] * older
-    if stochastic:
-      x_next = x_next + coef["c_z"] * jax.random.normal(coef["key"], x.shape, x.dtype)
-    return (x_next, ((x0,) + older_x0s)[:history]), None
+    def move(carry):
+      x, older_x0s = carry
+      x0 = x0_fn(x, coef["t"], coef["alpha"], coef["sigma"])
+      x_next = coef["c_x"] * x + coef["c_d"][0] * x0
+      for k, older in enumerate(older_x0s):
+        x_next = x_next + coef["c_d"][k + 1] * older
+      if stochastic:
+        x_next = x_next + coef["c_z"] * jax.random.normal(coef["key"], x.shape, x.dtype)
+      return x_next, ((x0,) + older_x0s)[:history]
+    # A zero-length step keeps the state and the history without calling the network (which
+    # may not be finite there, e.g. an eps model at sigma = 0).
+    return jax.lax.cond(coef["moves"], move, lambda carry: carry, carry), None
 
   init = (x, tuple(jnp.zeros_like(x) for _ in range(history)))
   (x, _), _ = jax.lax.scan(step, init, per_step)
   return x
 
 
-def _heun(x0_fn, x, times, alphas, sigmas, ends_at_zero):
-  """Karras et al. 2022 Alg. 1 (deterministic) in x / alpha, sigma / alpha coordinates."""
+def _heun(x0_fn, x, times, alphas, sigmas, moves, ends_at_zero):
+  """Karras et al. 2022 Alg. 1 (deterministic) in x / alpha, sigma / alpha coordinates.
+
+  A step to sigma = 0 is Euler (it lands on the x0 prediction), a zero-length step is the
+  identity; both may sit anywhere in a traced grid with repeated times."""
   num_steps = times.shape[0] - 1
   num_heun = num_steps - 1 if ends_at_zero else num_steps
   ks = sigmas / alphas
   sl, nx = slice(0, num_heun), slice(1, num_heun + 1)
   per_step = dict(t=times[sl], t_next=times[nx], alpha=alphas[sl], alpha_next=alphas[nx],
-                  sigma=sigmas[sl], sigma_next=sigmas[nx], ks=ks[sl], ks_next=ks[nx])
+                  sigma=sigmas[sl], sigma_next=sigmas[nx], ks=ks[sl], ks_next=ks[nx],
+                  moves=moves[sl])
 
   def step(x, c):
-    x_ve = x / c["alpha"]
-    slope = (x_ve - x0_fn(x, c["t"], c["alpha"], c["sigma"])) / c["ks"]
-    dks = c["ks_next"] - c["ks"]
-    x_ve_euler = x_ve + dks * slope
-    x0_next = x0_fn(c["alpha_next"] * x_ve_euler, c["t_next"], c["alpha_next"], c["sigma_next"])
-    slope_next = (x_ve_euler - x0_next) / c["ks_next"]
-    return c["alpha_next"] * (x_ve + 0.5 * dks * (slope + slope_next)), None
+    def heun(x):
+      x_ve = x / c["alpha"]
+      slope = (x_ve - x0_fn(x, c["t"], c["alpha"], c["sigma"])) / c["ks"]
+      dks = c["ks_next"] - c["ks"]
+      x_ve_euler = x_ve + dks * slope
+      x0_next = x0_fn(c["alpha_next"] * x_ve_euler, c["t_next"], c["alpha_next"],
+                      c["sigma_next"])
+      slope_next = (x_ve_euler - x0_next) / c["ks_next"]
+      return c["alpha_next"] * (x_ve + 0.5 * dks * (slope + slope_next))
+
+    def euler_to_zero(x):  # lands on the x0 prediction
+      return c["alpha_next"] * x0_fn(x, c["t"], c["alpha"], c["sigma"])
+
+    move = lambda x: jax.lax.cond(c["ks_next"] > 0, heun, euler_to_zero, x)
+    return jax.lax.cond(c["moves"], move, lambda x: x, x), None
 
   x, _ = jax.lax.scan(step, x, per_step)
   if ends_at_zero:  # Euler to sigma = 0 lands on the x0 prediction
     i = num_steps - 1
-    x = alphas[i + 1] * x0_fn(x, times[i], alphas[i], sigmas[i])
+    x = jax.lax.cond(moves[i], lambda x: alphas[i + 1] * x0_fn(x, times[i], alphas[i], sigmas[i]),
+                     lambda x: x, x)
   return x
 
 

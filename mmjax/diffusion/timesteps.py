@@ -20,7 +20,9 @@ def sampling_times(schedule: Schedule, num_steps: int, spacing: str = "uniform",
       "logSNR" spacing). Times are fractional.
 
   The last step always goes to t = 0 (sigma = 0), where the sample is the x0 prediction.
-  `t_start` may be a traced scalar (img2img strength without recompiling).
+  `t_start` may be a traced scalar (img2img strength without recompiling). A uniform discrete
+  grid needs num_steps training times at or below t_start: a concrete t_start with fewer
+  raises, a traced one repeats times, which every sampler takes as identity steps.
   """
   if not isinstance(num_steps, int) or num_steps < 1:
     raise ValueError(f"num_steps must be a positive Python int, got {num_steps!r}")

@@ -1,6 +1,5 @@
-"""Classifier-free guidance, rescale, thresholding, img2img, cascades and a mixture test."""
-import dataclasses
-
+"""Classifier-free guidance, rescale, thresholding, img2img and a mixture test (cascades:
+test_cascade.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,17 +105,54 @@ def test_dynamic_threshold_matches_numpy_percentile():
   assert np.abs(got).max() <= 1.0 + 1e-6
 
 
-def test_x0_transform_is_applied_inside_the_sampler():
-  schedule = diffusion.linear_schedule()
-  far = oracles.gaussian_denoiser(schedule, np.array([3.0, -3.0], np.float32),
-                                  np.eye(2, dtype=np.float32) * 0.1)
-  x_T = jax.random.normal(jax.random.key(0), (16, 2))
-  plain = diffusion.sample(far, None, x_T, schedule, num_steps=10, prediction="x0")
-  for transform in (diffusion.static_thresholding(1.0), diffusion.dynamic_thresholding(0.995)):
-    clipped = diffusion.sample(far, None, x_T, schedule, num_steps=10, prediction="x0",
-                               x0_transform=transform)
-    assert np.abs(np.asarray(plain)).max() > 2.0
-    assert np.abs(np.asarray(clipped)).max() <= 1.0 + 1e-5
+def _dynamic_threshold_np(x0, percentile):
+  """Imagen's rule per example: s = max(percentile of |x0|, 1); clip to [-s, s], divide by s."""
+  flat = np.abs(x0.reshape(x0.shape[0], -1))
+  s = np.maximum(np.percentile(flat, 100 * percentile, axis=1), 1.0)
+  s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
+  return np.clip(x0, -s, s) / s
+
+
+def test_thresholding_factories_match_numpy():
+  rng = np.random.default_rng(2)
+  x0 = rng.normal(size=(3, 50)) * np.array([0.4, 2.0, 6.0])[:, None]
+  for percentile in (0.9, 0.6):
+    got = diffusion.dynamic_thresholding(percentile)(jnp.asarray(x0, jnp.float32))
+    np.testing.assert_allclose(got, _dynamic_threshold_np(x0, percentile), rtol=1e-5,
+                               atol=1e-6)
+  got = diffusion.static_thresholding(0.7)(jnp.asarray(x0, jnp.float32))
+  np.testing.assert_allclose(got, np.clip(x0, -0.7, 0.7), rtol=1e-6)
+  with pytest.raises(ValueError, match="percentile must be in"):
+    diffusion.dynamic_thresholding(1.5)
+
+
+@pytest.mark.parametrize("name", ["static", "dynamic"])
+def test_x0_transform_is_applied_to_every_x0_prediction_of_the_sampler(name):
+  # DDIM by hand: x' = a' x0 + s' (x - a x0) / s with x0 thresholded at every step.
+  transform, transform_np = {
+      "static": (diffusion.static_thresholding(1.0), lambda x0: np.clip(x0, -1.0, 1.0)),
+      "dynamic": (diffusion.dynamic_thresholding(0.8), lambda x0: _dynamic_threshold_np(x0, 0.8)),
+  }[name]
+  times = np.array([1000, 800, 600, 400, 200, 0]) / 1000
+  with jax.enable_x64(True):
+    schedule = diffusion.linear_schedule()
+    mu, cov = np.array([3.0, -3.0, 0.5]), np.eye(3) * 0.1  # far outside [-1, 1]
+    x_T = np.random.default_rng(3).normal(size=(8, 3))
+    got = diffusion.sample(oracles.gaussian_denoiser(schedule, mu, cov), None,
+                           jnp.asarray(x_T), schedule, sampler="ddim", num_steps=5,
+                           prediction="x0", x0_transform=transform)
+    alphas, sigmas = (np.asarray(v) for v in schedule.alpha_sigma(times))
+
+  def ddim(transform_np):
+    x = x_T
+    for i in range(5):
+      x0 = transform_np(oracles.gaussian_x0_np(x, alphas[i], sigmas[i], mu, cov))
+      x = alphas[i + 1] * x0 + sigmas[i + 1] * (x - alphas[i] * x0) / sigmas[i]
+    return x
+
+  want = ddim(transform_np)
+  np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+  assert np.abs(ddim(lambda x0: x0) - want).max() > 1.0  # the thresholds bind
 
 
 def test_img2img_keeps_the_data_distribution_and_strength_is_traced():
@@ -163,37 +199,3 @@ def test_mixture_mode_weights_from_pure_noise_with_zero_terminal_snr_and_v():
   assert np.median(within) < 4 * variances.max()
   with pytest.raises(ValueError, match="zero terminal SNR"):
     diffusion.sample(denoise, None, x_T, schedule, num_steps=5, prediction="eps")
-
-
-def test_cascade_passes_the_noise_augmented_upsampled_base_output():
-  schedule = diffusion.linear_schedule(num_train_steps=100)
-  mu, cov = oracles.random_gaussian(4, seed=3, eigenvalues=(0.2, 0.5, 1.0, 2.0))
-  base_denoise = oracles.gaussian_denoiser(schedule, mu.astype(np.float32),
-                                           cov.astype(np.float32))
-  seen = {}
-
-  def base(x, t, text):
-    del text
-    return base_denoise(x.reshape(x.shape[0], 4), t).reshape(x.shape)
-
-  def super_res(x, t, text, low_res, low_res_t):  # predicts x0 = the conditioning image
-    del x, t, text
-    seen["low_res_t"] = low_res_t
-    return low_res
-
-  up = lambda low, shape: jnp.repeat(jnp.repeat(low, 2, axis=1), 2, axis=2)
-  stages = [
-      diffusion.CascadeStage(base, schedule, (2, 2, 1), prediction="x0", num_steps=10),
-      diffusion.CascadeStage(super_res, schedule, (4, 4, 1), prediction="x0", num_steps=5,
-                             upsample=up),
-  ]
-  cond = dict(text=jnp.ones((3, 5)))
-  low, high = diffusion.sample_cascade(stages, jax.random.key(0), 3, cond=cond)
-  assert low.shape == (3, 2, 2, 1) and high.shape == (3, 4, 4, 1)
-  np.testing.assert_allclose(high, up(low, None), rtol=1e-6)  # no augmentation: x0 = low_res
-  stages[1] = dataclasses.replace(stages[1], noise_aug_t=0.3)
-  _, noised = diffusion.sample_cascade(stages, jax.random.key(0), 3, cond=cond)
-  np.testing.assert_allclose(seen["low_res_t"], 0.3)
-  a, s = (float(v) for v in schedule.alpha_sigma(0.3))
-  residual = (np.asarray(noised) - a * np.asarray(up(low, None))) / s  # the augmentation noise
-  assert 0.5 < residual.std() < 1.5 and abs(residual.mean()) < 0.5

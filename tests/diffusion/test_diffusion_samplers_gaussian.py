@@ -113,64 +113,10 @@ def test_many_steps_reach_the_data_distribution():
   assert err < 2e-3, err
 
 
-# Naive step-by-step references written from the published update rules, in numpy.
-def _naive(sampler, schedule, times, mu, cov, x):
+def _gaussian_x0_at(schedule, times, mu, cov):
+  """(alphas, sigmas, x0_at) along `times` for the exact Gaussian denoiser, in numpy."""
   alphas, sigmas = (np.asarray(v, np.float64) for v in schedule.alpha_sigma(times))
-
-  def x0_at(x, i):
-    return oracles.gaussian_x0_np(x, alphas[i], sigmas[i], mu, cov)
-
-  n = len(times) - 1
-  if sampler == "ddim":  # diffusers DDIMScheduler.step, eta = 0
-    for i in range(n):
-      x0 = x0_at(x, i)
-      eps = (x - alphas[i] * x0) / sigmas[i]
-      x = alphas[i + 1] * x0 + sigmas[i + 1] * eps
-    return x
-  if sampler == "heun":  # k-diffusion sample_heun in VE coordinates x / alpha
-    ve = sigmas / alphas
-    x = x / alphas[0]
-    for i in range(n):
-      d = (x - x0_at(x * alphas[i], i)) / ve[i]
-      if ve[i + 1] == 0:
-        x = x + d * (ve[i + 1] - ve[i])
-      else:
-        x2 = x + d * (ve[i + 1] - ve[i])
-        d2 = (x2 - x0_at(x2 * alphas[i + 1], i + 1)) / ve[i + 1]
-        x = x + (d + d2) / 2 * (ve[i + 1] - ve[i])
-    return x * alphas[n]
-  # diffusers DPMSolverMultistepScheduler (dpmsolver++, midpoint), final_sigmas_type="zero".
-  lam = np.log(alphas) - np.log(np.maximum(sigmas, 1e-300))
-  max_order = 2 if sampler == "dpmpp_2m" else 3
-  history = []
-  for i in range(n):
-    m0 = x0_at(x, i)
-    history = [m0] + history[:2]
-    order = min(max_order, i + 1)
-    if i == n - 1 or (n < 15 and i == n - 1):
-      order = 1
-    if n < 15 and i == n - 2:
-      order = min(order, 2)
-    a_t, s_t, s_s = alphas[i + 1], sigmas[i + 1], sigmas[i]
-    if order == 1:
-      x = s_t / s_s * x + a_t * (1 - s_t * alphas[i] / (a_t * s_s)) * m0
-      continue
-    h = lam[i + 1] - lam[i]
-    h0 = lam[i] - lam[i - 1]
-    r0 = h0 / h
-    m1 = history[1]
-    d1_0 = (m0 - m1) / r0
-    if order == 2:
-      x = s_t / s_s * x - a_t * np.expm1(-h) * m0 - 0.5 * a_t * np.expm1(-h) * d1_0
-      continue
-    h1 = lam[i - 1] - lam[i - 2]
-    r1 = h1 / h
-    d1_1 = (m1 - history[2]) / r1
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
-    x = (s_t / s_s * x - a_t * np.expm1(-h) * m0 + a_t * (np.expm1(-h) / h + 1) * d1
-         - a_t * ((np.expm1(-h) + h) / h ** 2 - 0.5) * d2)
-  return x
+  return alphas, sigmas, lambda x, i: oracles.gaussian_x0_np(x, alphas[i], sigmas[i], mu, cov)
 
 
 @pytest.mark.parametrize("sampler,num_steps", [("heun", 9), ("dpmpp_2m", 20),
@@ -184,7 +130,8 @@ def test_matches_naive_published_update_rules(sampler, num_steps):
     got = diffusion.sample(denoise, None, jnp.asarray(x_T), schedule, sampler=sampler,
                            num_steps=num_steps, prediction="x0", spacing="log_snr")
     times = diffusion.sampling_times(schedule, num_steps, "log_snr")
-    want = _naive(sampler, schedule, times, mu, cov, x_T)
+    alphas, sigmas, x0_at = _gaussian_x0_at(schedule, times, mu, cov)
+    want = oracles.naive_ode_sample(sampler, alphas, sigmas, x_T, x0_at)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-9)
 
 
@@ -204,32 +151,6 @@ def test_eps_x0_v_parameterisations_give_the_same_trajectory(sampler):
   np.testing.assert_allclose(outs["v"], outs["x0"], rtol=1e-8, atol=1e-8)
 
 
-def _naive_stochastic(sampler, schedule, times, mu, cov, x, noises, eta):
-  alphas, sigmas = (np.asarray(v, np.float64) for v in schedule.alpha_sigma(times))
-  alpha_bar = alphas ** 2
-  for i in range(len(times) - 1):
-    x0 = oracles.gaussian_x0_np(x, alphas[i], sigmas[i], mu, cov)
-    if sampler == "ddpm":  # DDPM posterior q(x_prev | x_t, x0), "fixed_small" variance
-      beta = 1 - alpha_bar[i] / alpha_bar[i + 1]
-      mean = (np.sqrt(alpha_bar[i + 1]) * beta / (1 - alpha_bar[i]) * x0
-              + np.sqrt(1 - beta) * (1 - alpha_bar[i + 1]) / (1 - alpha_bar[i]) * x)
-      x = mean + np.sqrt(beta * (1 - alpha_bar[i + 1]) / (1 - alpha_bar[i])) * noises[i]
-    elif sampler == "ddim":  # DDIM eq. 12 with sigma_eta of eq. 16
-      std = eta * np.sqrt((1 - alpha_bar[i + 1]) / (1 - alpha_bar[i])
-                          * (1 - alpha_bar[i] / alpha_bar[i + 1]))
-      eps = (x - alphas[i] * x0) / sigmas[i]
-      x = (alphas[i + 1] * x0 + np.sqrt(1 - alpha_bar[i + 1] - std ** 2) * eps
-           + std * noises[i])
-    else:  # k-diffusion sample_euler_ancestral (get_ancestral_step) in x / alpha
-      ve, ve_next = sigmas[i] / alphas[i], sigmas[i + 1] / alphas[i + 1]
-      up = min(ve_next, eta * np.sqrt(ve_next ** 2 * (ve ** 2 - ve_next ** 2) / ve ** 2))
-      down = np.sqrt(ve_next ** 2 - up ** 2)
-      x_ve = x / alphas[i]
-      x_ve = x_ve + (x_ve - x0) / ve * (down - ve) + up * noises[i]
-      x = alphas[i + 1] * x_ve
-  return x
-
-
 @pytest.mark.parametrize("sampler,eta", [("ddpm", None), ("euler_ancestral", 1.0),
                                          ("ddim", 0.5)])
 def test_stochastic_samplers_match_naive_update_rules_with_the_same_noise(sampler, eta):
@@ -246,8 +167,9 @@ def test_stochastic_samplers_match_naive_update_rules_with_the_same_noise(sample
     noises = [np.asarray(jax.random.normal(k, x_T.shape, jnp.float64))
               for k in jax.random.split(key, num_steps)]
     times = diffusion.sampling_times(schedule, num_steps)
-    want = _naive_stochastic(sampler, schedule, times, mu, cov, x_T, noises,
-                             1.0 if eta is None else eta)
+    alphas, sigmas, x0_at = _gaussian_x0_at(schedule, times, mu, cov)
+    want = oracles.naive_stochastic_sample(sampler, alphas, sigmas, x_T, x0_at, noises,
+                                           1.0 if eta is None else eta)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-9)
 
 

@@ -140,11 +140,17 @@ def test_autoencoder_loss_matches_numpy():
     autoencoder_loss(jnp.asarray(recon), jnp.asarray(x), posterior, 0.3, reconstruction="huber")
 
 
-def test_scaling_factor_gives_unit_std():
-  latents = 3.0 + 5.0 * jax.random.normal(jax.random.key(0), (8, 4, 4, 4))
-  factor = estimate_scaling_factor(latents)
-  np.testing.assert_allclose(factor, 1.0 / np.std(np.asarray(latents)), rtol=1e-5)
-  np.testing.assert_allclose(np.std(np.asarray(latents) * float(factor)), 1.0, rtol=1e-5)
+def test_scaling_factor_is_one_over_the_std_of_all_latent_elements():
+  # Per-channel offsets and scales: the std is over every element (SD's recipe), not per
+  # channel, and around the global mean.
+  rng = np.random.default_rng(0)
+  latents = 3.0 + rng.normal(size=(8, 4, 4, 4)) * np.array([1.0, 2.0, 5.0, 0.5]) + np.array(
+      [0.0, 1.0, -2.0, 4.0])
+  values = latents.ravel().tolist()
+  mean = sum(values) / len(values)
+  std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+  factor = estimate_scaling_factor(jnp.asarray(latents, jnp.float32))
+  np.testing.assert_allclose(factor, 1.0 / std, rtol=1e-5)
   with pytest.raises(ValueError, match=r"latents must be \[B, h, w, c\]"):
     estimate_scaling_factor(jnp.ones((4, 4)))
 

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from mmjax import cli, diffusion
+from mmjax.models.text_to_image import TextToImageDenoiser
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.tasks import get_task_class
-from mmjax.train.tasks.diffusion import DiffusionTask, TextToImageDenoiser
+from mmjax.train.tasks.diffusion import DiffusionTask
 from mmjax.train.tasks.superres import (SuperResolutionTask, area_downsample, load_base_stage,
                                         low_res_condition)
 from mmjax.train.trainer import train
@@ -26,7 +27,7 @@ TINY = [
     # One level and no attention: compile time dominates, and each would double it.
     "model.unet.channels=(8,)", "model.unet.num_res_blocks=1", "model.unet.num_groups=4",
     "model.unet.attention_levels=()", "model.unet.mid_attention=False", "model.text.width=16",
-    "model.text.layers=1", "model.text.heads=2", "optim.warmup_steps=1",
+    "model.text.num_layers=1", "model.text.num_heads=2", "optim.warmup_steps=1",
     "eval.batch_size=8", "eval.times=(0.2,0.8)",
     "sample.prompts=('a red circle.','a blue square.')",
     "sample.steps=2", "sample.zoom=1",
@@ -83,21 +84,42 @@ def test_training_runs_evaluates_and_writes_the_superres_grid(trained):
   assert "super-resolution" in (workdir / "samples.txt").read_text()
 
 
+def _cosine_alpha_sigma_np(t):
+  """alpha, sigma of cosine_schedule() at grid times t (Nichol & Dhariwal's f(t) / f(0))."""
+  f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2
+  alpha_bar = f(np.asarray(t, np.float64)) / f(0.0)
+  return np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+
+
 def test_area_downsampling_and_noise_augmentation():
-  images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
-  naive = images.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
-  np.testing.assert_allclose(area_downsample(images, 4), naive, rtol=1e-6)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
+  naive = np.zeros((3, 4, 4, 3))
+  for i, j in np.ndindex(4, 4):
+    naive[:, i, j] = images[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+  np.testing.assert_allclose(area_downsample(images, 4), naive, rtol=1e-6, atol=1e-7)
+  # The closed form: x_t = alpha(level) up + sigma(level) noise, q(x_t | x_0) at the
+  # augmentation level, x_0 the bilinear upsampling of the block means, noise drawn with key.
   schedule = diffusion.cosine_schedule()
-  up = jax.image.resize(naive, images.shape, "bilinear")
-  clean = low_res_condition(schedule, images, 4, jnp.zeros(2), jax.random.key(0))
-  np.testing.assert_allclose(clean["low_res"], up, atol=1e-6)  # level 0: unchanged
-  levels = jnp.asarray([0.0, 0.5])
-  noised = low_res_condition(schedule, images, 4, levels, jax.random.key(0))
-  np.testing.assert_array_equal(noised["aug_level"], levels)
-  np.testing.assert_allclose(noised["low_res"][0], up[0], atol=1e-6)
-  alpha, sigma = (float(v) for v in schedule.alpha_sigma(0.5))
-  residual = (np.asarray(noised["low_res"][1]) - alpha * np.asarray(up[1])) / sigma
-  assert 0.7 < residual.std() < 1.3  # the augmentation noise, N(0, 1)
+  levels = np.array([0.0, 0.25, 0.5], np.float32)
+  key = jax.random.key(0)
+  condition = jax.jit(low_res_condition, static_argnums=2)  # one compile, not one per op
+  got = condition(schedule, images, 4, jnp.asarray(levels), key)
+  up = np.asarray(jax.image.resize(naive, images.shape, "bilinear"))
+  noise = np.asarray(jax.random.normal(key, images.shape, jnp.float32))
+  alpha, sigma = (v[:, None, None, None] for v in _cosine_alpha_sigma_np(levels))
+  np.testing.assert_allclose(got["low_res"], alpha * up + sigma * noise, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(got["aug_level"], levels)
+  # Its statistics: (x_t - alpha up) / sigma is standard normal, whatever the image.
+  big = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+  noised = condition(schedule, big, 8, jnp.full((4,), 0.5), jax.random.key(1))
+  up = np.asarray(jax.image.resize(area_downsample(big, 8), big.shape, "bilinear"))
+  alpha, sigma = (float(v[0]) for v in _cosine_alpha_sigma_np([0.5]))
+  residual = ((np.asarray(noised["low_res"]) - alpha * up) / sigma).ravel()
+  n = residual.size  # 12288: standard errors 0.009 (mean) and 0.0064 (std)
+  assert abs(residual.mean()) < 4 / np.sqrt(n), residual.mean()
+  assert abs(residual.std() - 1.0) < 4 / np.sqrt(2 * n), residual.std()
+  assert abs(np.corrcoef(residual, up.ravel())[0, 1]) < 4 / np.sqrt(n)
 
 
 def test_training_condition_draws_levels_in_range(sr):
@@ -126,18 +148,59 @@ def test_sr_output_depends_on_the_low_res_image_and_the_aug_level(sr):
   assert np.abs(reference - np.asarray(denoise(low, np.full(2, 0.5, np.float32)))).max() > 1e-3
 
 
-def test_cascade_shapes_determinism_and_no_recompile_for_guidance(sr, base):
+_NETWORKS = {}
+
+
+def _guided_ddim_by_hand(task, params, tokens, x, times, guidance, **unet_inputs):
+  """Two-call classifier-free guidance around the null context and DDIM with x0 clipped to
+  [-1, 1], written out step by step; the network is the only thing taken from the task."""
+  model = task.model
+  if id(model) not in _NETWORKS:  # one compile per model and shape, shared by the tests
+    _NETWORKS[id(model)] = fast_jit(lambda p, *args, **kw: model.apply(
+        {"params": p}, *args, **kw, method=TextToImageDenoiser.denoise))
+  denoise = _NETWORKS[id(model)]
+  context, mask = model.apply({"params": params}, tokens, method=TextToImageDenoiser.encode_text)
+  null = np.broadcast_to(params["null_context"][:tokens.shape[1]], context.shape)
+  all_true = np.ones(mask.shape, bool)
+  alphas, sigmas = (np.asarray(v, np.float64) for v in task.schedule.alpha_sigma(times))
+  for i in range(len(times) - 1):
+    t = np.full(len(x), times[i], np.float32)
+    x32 = x.astype(np.float32)
+    eps_cond = np.asarray(denoise(params, x32, t, context, mask, **unet_inputs), np.float64)
+    eps_null = np.asarray(denoise(params, x32, t, null, all_true, **unet_inputs), np.float64)
+    eps = eps_null + guidance * (eps_cond - eps_null)
+    x0 = np.clip((x - sigmas[i] * eps) / alphas[i], -1.0, 1.0)
+    x = alphas[i + 1] * x0 + sigmas[i + 1] * (x - alphas[i] * x0) / sigmas[i]
+  return x
+
+
+def test_cascade_matches_guided_ddim_by_hand_and_never_recompiles(sr, base):
   task, params = sr
   base_task, base_params = base
-  run = functools.partial(task.sample_with_base, params, base_task, base_params,
-                          ["a red circle.", "a blue square."], num_samples=2, steps=2,
-                          sampler="ddim")
-  first = run(guidance=3.0, seed=4)
-  assert first.shape == (4, 16, 16, 3) and first.dtype == np.float32
-  assert 0.0 <= first.min() and first.max() <= 1.0
-  np.testing.assert_array_equal(first, run(guidance=3.0, seed=4))
+  prompts = ["a red circle.", "a blue square."]
+  run = functools.partial(task.sample_with_base, params, base_task, base_params, prompts,
+                          num_samples=2, steps=2, sampler="ddim")
+  got = run(guidance=3.0, seed=4)
+  assert got.shape == (4, 16, 16, 3) and got.dtype == np.float32
+  # The reference: per stage the keys (noise, aug, _) of sample_cascade's split of the seed;
+  # the base sample is upsampled, noised to superres.aug_level (0.1) and given to the SR
+  # UNet with its level; both stages run 2 DDIM steps on t = 1, 0.5, 0.
+  tokens = task.tokenizer.encode_batch(prompts, 12).repeat(2, axis=0)
+  key, base_noise, _, _ = jax.random.split(jax.random.key(4), 4)
+  _, sr_noise, aug_key, _ = jax.random.split(key, 4)
+  times = np.array([1.0, 0.5, 0.0])
+  low = _guided_ddim_by_hand(base_task, base_params, tokens,
+                             np.asarray(jax.random.normal(base_noise, (4, 8, 8, 3))), times, 3.0)
+  up = np.asarray(jax.image.resize(low.astype(np.float32), (4, 16, 16, 3), "bilinear"))
+  alpha, sigma = (float(v[0]) for v in _cosine_alpha_sigma_np([0.1]))
+  low_res = alpha * up + sigma * np.asarray(jax.random.normal(aug_key, up.shape))
+  high = _guided_ddim_by_hand(task, params, tokens,
+                              np.asarray(jax.random.normal(sr_noise, (4, 16, 16, 3))), times,
+                              3.0, low_res=low_res.astype(np.float32),
+                              aug_level=np.full(4, 0.1, np.float32))
+  np.testing.assert_allclose(got, np.clip((high + 1) / 2, 0, 1), atol=2e-4)
   other = run(guidance=0.5, seed=4, aug_level=0.3)
-  assert not np.allclose(first, other, atol=1e-4)
+  assert not np.allclose(got, other, atol=1e-4)
   jitted = [fn for key, fn in task._samplers.items() if key[0] == "cascade"]
   assert len(jitted) == 1 and jitted[0]._cache_size() == 1
 
@@ -154,17 +217,23 @@ def test_sample_superres_checks_its_inputs(sr):
     task.sample_superres(params, low[..., :1], None, steps=2)
 
 
-def test_refine_at_tiny_strength_returns_the_upsampled_coarse_image(base):
+def test_refine_matches_guided_ddim_by_hand_from_the_noised_upsampled_image(base):
   task, params = base  # an 8 px model refining 4 px coarse images
-  coarse = np.random.default_rng(4).uniform(0.2, 0.8, (2, 4, 4, 3)).astype(np.float32)
-  up = np.asarray(jax.image.resize(coarse, (2, 8, 8, 3), "bilinear"))
-  refined = task.refine(params, coarse, ["a red circle.", "a blue square."], strength=2e-3,
-                        steps=2, guidance=3.0, sampler="ddim")
-  assert refined.shape == (2, 8, 8, 3)
-  np.testing.assert_allclose(refined, up, atol=0.02)
-  strong = task.refine(params, coarse, ["a red circle.", "a blue square."], strength=0.9,
-                       steps=2, guidance=3.0, sampler="ddim")
-  assert np.abs(strong - up).mean() > 10 * np.abs(refined - up).mean()
+  prompts = ["a red circle.", "a blue square."] * 2
+  coarse = np.random.default_rng(4).uniform(0.2, 0.8, (4, 4, 4, 3)).astype(np.float32)
+  refine = functools.partial(task.refine, params, coarse, prompts, steps=2, guidance=3.0,
+                             sampler="ddim")
+  # img2img by hand: upsample in [-1, 1], noise to the grid time nearest the strength with
+  # the first half of the seed's key, 2 DDIM steps on the training grid (T = 1000).
+  up = np.asarray(jax.image.resize(2 * coarse - 1, (4, 8, 8, 3), "bilinear"), np.float64)
+  noise = np.asarray(jax.random.normal(jax.random.split(jax.random.key(0))[0], up.shape))
+  tokens = task.tokenizer.encode_batch(prompts, 12)
+  for strength, times in ((0.3, [0.3, 0.15, 0.0]), (2e-3, [0.002, 0.001, 0.0])):
+    alpha, sigma = (float(v[0]) for v in _cosine_alpha_sigma_np(times[:1]))
+    x0 = _guided_ddim_by_hand(task, params, tokens, alpha * up + sigma * noise,
+                              np.array(times), 3.0)
+    np.testing.assert_allclose(refine(strength=strength), np.clip((x0 + 1) / 2, 0, 1),
+                               atol=2e-4)
   refiners = [fn for key, fn in task._samplers.items() if key[0] == "refine"]
   assert len(refiners) == 1 and refiners[0]._cache_size() == 1  # strength is traced
   with pytest.raises(ValueError, match="one prompt per coarse image"):
