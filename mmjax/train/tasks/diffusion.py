@@ -249,12 +249,6 @@ class DiffusionTask(Task):
       raise ValueError(f"coarse_images must be [N, h, w, 3] with N >= 1, got {coarse.shape}")
     if not 0.0 < float(strength) <= 1.0:
       raise ValueError(f"strength must be in (0, 1], got {strength}")
-    available = round(float(strength) * self.schedule.num_train_steps)
-    if self.schedule.discrete and int(steps) > max(available, 1):
-      # Otherwise the uniform grid repeats a time and the sampler divides by sigma = 0.
-      raise ValueError(f"steps={steps} exceeds the {available} training timesteps below "
-                       f"strength={strength} (diffusion.num_train_steps="
-                       f"{self.schedule.num_train_steps}); use fewer steps or more strength")
     tokens, count = self._sampling_tokens(prompts, 1, steps, sampler)
     if prompts is not None and count != len(coarse):
       raise ValueError(f"give one prompt per coarse image: {count} prompts, {len(coarse)} images")
