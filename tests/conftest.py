@@ -1,8 +1,42 @@
 """Test-wide setup: 8 simulated CPU devices so sharding tests see a small pod.
 
-The flag must be set before jax initialises its backends, hence at import time here.
+The flag must be set before jax initialises its backends, hence at import time here. An
+XLA_FLAGS already in the environment keeps its other flags; a device count other than 8 in it
+is an error rather than a silent run of the sharding tests on fewer devices.
 """
 import os
+import re
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import pytest
+
+NUM_DEVICES = 8
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def xla_flags_with_device_count(flags: str, count: int = NUM_DEVICES) -> str:
+  """`flags` (an XLA_FLAGS value) with `--xla_force_host_platform_device_count=count` added
+  when absent; ValueError if it already forces another count."""
+  counts = re.findall(rf"{_DEVICE_COUNT_FLAG}=(\S*)", flags)
+  if not counts:
+    return f"{flags} {_DEVICE_COUNT_FLAG}={count}".strip()
+  if any(c != str(count) for c in counts):
+    raise ValueError(f"XLA_FLAGS={flags!r} sets {_DEVICE_COUNT_FLAG}={','.join(counts)}, but the "
+                     f"tests need {count} host devices; unset XLA_FLAGS or use "
+                     f"{_DEVICE_COUNT_FLAG}={count}")
+  return flags
+
+
+os.environ["XLA_FLAGS"] = xla_flags_with_device_count(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def eight_devices():
+  """Fails every test loudly if jax does not see the 8 devices (e.g. jax was initialised before
+  this file set XLA_FLAGS, or JAX_PLATFORMS selects another platform)."""
+  import jax
+  count = jax.device_count()
+  if count != NUM_DEVICES:
+    raise RuntimeError(f"jax sees {count} devices ({jax.devices()[0].platform}), the tests need "
+                       f"{NUM_DEVICES}: XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}, "
+                       f"JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')!r}")

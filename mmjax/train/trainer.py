@@ -12,9 +12,7 @@ import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -24,7 +22,8 @@ from mmjax.train import sharding
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.logging import MetricWriter
 from mmjax.train.optim import make_optimizer
-from mmjax.train.state import TrainState
+from mmjax.train.restore import RestoredRun, restore_params  # noqa: F401 (re-exported)
+from mmjax.train.state import TrainState, build_state  # noqa: F401 (re-exported)
 from mmjax.train.tasks import get_task_class
 from mmjax.train.warm_start import warm_start
 
@@ -88,22 +87,6 @@ def make_train_step(task, tx, schedule):
                "learning_rate": schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   return train_step
-
-
-def build_state(task, tx, config, mesh):
-  """(jitted sharded init function, abstract state with shardings)."""
-  def init_state(rng):
-    params = task.init_params(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(rng))
-
-  rng = jax.random.key(config.seed)
-  boxed = jax.eval_shape(init_state, rng)
-  state_shardings = sharding.logical_shardings(boxed, mesh)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.unbox(boxed), state_shardings)
-  init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
-  return (lambda: init(rng)), abstract, state_shardings
 
 
 def _check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
@@ -216,43 +199,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     checkpointer.wait()
     checkpointer.close()
   return TrainResult(step=step, eval_metrics=eval_metrics, preempted=preempted, state=state)
-
-
-@dataclasses.dataclass
-class RestoredRun:
-  """A trained run loaded back from its workdir: the task, its mesh, the params and the step."""
-  task: Any
-  mesh: jax.sharding.Mesh
-  params: Any
-  step: int
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                   step: int | None = None, devices=None) -> RestoredRun:
-  """Restores the params of checkpoint `step` (default: the latest) of the run in `workdir`.
-
-  Raises FileNotFoundError (creating nothing on disk) if `workdir` has no checkpoint.
-  """
-  workdir = pathlib.Path(workdir)
-  directory = workdir / "checkpoints"
-  if not directory.is_dir():  # Checkpointer would create it: check first.
-    raise FileNotFoundError(f"no checkpoint in {directory} (no such directory); train first "
-                            f"with `mmjax train --workdir {workdir}`")
-  mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
-  task = get_task_class(config.task)(config)
-  task.set_mesh(mesh)
-  tx, _ = make_optimizer(config.optim, config.total_steps)
-  _, abstract_state, _ = build_state(task, tx, config, mesh)
-  checkpointer = Checkpointer(directory, keep=config.keep_checkpoints)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first with "
-                              f"`mmjax train --workdir {workdir}`")
-    state = checkpointer.restore_state(step, abstract_state)
-  finally:
-    checkpointer.close()
-  return RestoredRun(task=task, mesh=mesh, params=state.params, step=int(step))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,

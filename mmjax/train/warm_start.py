@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from mmjax.train.restore import restore_params
+
 PyTree = Any
 
 
@@ -89,7 +91,6 @@ def warm_start(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
   Returns:
     (new params, one line per copied subtree saying what came from where).
   """
-  from mmjax.train.trainer import restore_params  # the trainer imports this module
   mappings = [parse_mapping(item) for item in init_from.params]
   if not mappings:
     raise ValueError("init_from.workdir is set but init_from.params names no subtree to copy")

@@ -3,6 +3,7 @@ autoencoder run shared by the autoencoder and latent-diffusion tests."""
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 from mmjax.train.config import apply_overrides, load_config
@@ -13,10 +14,11 @@ CONFIG = ROOT / "configs" / "clip_shapeworld.py"
 TINY = [
     "batch_size=16", "total_steps=6", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
     "data.image_size=16", "data.context_length=24",
-    "model.embed_dim=16", "model.image.stem_channels=(4,)", "model.image.patch_size=4",
-    "model.image.width=16",
-    "model.image.layers=1", "model.image.heads=2", "model.text.width=16", "model.text.layers=1",
-    "model.text.heads=2", "optim.warmup_steps=2", "optim.learning_rate=0.01",
+    "model.embed_dim=16", "model.image_encoder.stem_channels=(4,)",
+    "model.image_encoder.patch_size=4", "model.image_encoder.width=16",
+    "model.image_encoder.num_layers=1", "model.image_encoder.num_heads=2",
+    "model.text_encoder.width=16", "model.text_encoder.num_layers=1",
+    "model.text_encoder.num_heads=2", "optim.warmup_steps=2", "optim.learning_rate=0.01",
     "eval.zero_shot_images=16", "eval.retrieval_images=8", "eval.batch_size=8",
 ]
 
@@ -54,3 +56,24 @@ def trained_autoencoder(tmp_path_factory):
   result = train(config, workdir, devices=jax.devices()[:1], progress=False)
   cli._save_config(config, workdir)
   return config, workdir, result
+
+
+def flat_params(params):
+  """{key path string: numpy array} of a params pytree, e.g. "['text_proj']['kernel']"."""
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+# The attention key bias has an exactly zero gradient (softmax ignores a shift shared by all
+# keys), so Adam turns ~1e-9 reduction-order noise into updates of up to lr * g / eps ~ 1e-5;
+# every other parameter of two equivalent runs agrees to float32 rounding.
+ZERO_GRADIENT_SUFFIX = "['qkv']['bias']"
+
+
+def assert_params_close(actual, expected, what, rtol=1e-5, atol=1e-6, zero_gradient_atol=1e-4):
+  """Leaf-by-leaf `assert_allclose` of two `flat_params` dicts."""
+  assert sorted(actual) == sorted(expected), f"{what}: the parameter trees differ"
+  for name, value in expected.items():
+    tolerance = zero_gradient_atol if name.endswith(ZERO_GRADIENT_SUFFIX) else atol
+    np.testing.assert_allclose(actual[name], value, rtol=rtol, atol=tolerance,
+                               err_msg=f"{what}: {name}")

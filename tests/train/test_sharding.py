@@ -1,7 +1,11 @@
-"""Mesh construction, logical sharding, and 1-device == n-device loss trajectories."""
+"""Mesh construction, logical sharding, and 1-device == n-device losses, params and optimizer
+state sharding; the 8-device test setup itself."""
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -10,7 +14,7 @@ from mmjax.train.logging import read_jsonl
 from mmjax.train.tasks.contrastive import ContrastiveTask
 from mmjax.train.trainer import train
 
-from conftest import tiny_config
+from conftest import ROOT, assert_params_close, flat_params, tiny_config
 
 
 def test_mesh_shape_resolves_minus_one():
@@ -20,6 +24,22 @@ def test_mesh_shape_resolves_minus_one():
     sharding.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
   with pytest.raises(ValueError, match="unknown mesh axes"):
     sharding.mesh_shape({"model": 2}, 8)
+
+
+def test_xla_flags_force_eight_devices_or_fail():
+  spec = importlib.util.spec_from_file_location("tests_root_conftest",
+                                                ROOT / "tests" / "conftest.py")
+  root_conftest = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(root_conftest)
+  with_count = root_conftest.xla_flags_with_device_count
+  assert with_count("") == "--xla_force_host_platform_device_count=8"
+  assert with_count("--xla_dump_to=/tmp/x") == (
+      "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8")
+  kept = "--xla_force_host_platform_device_count=8 --xla_dump_to=/tmp/x"
+  assert with_count(kept) == kept
+  with pytest.raises(ValueError, match=r"device_count=4, but the tests need 8 host devices"):
+    with_count("--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4")
+  assert jax.device_count() == 8
 
 
 def test_indivisible_dimensions_are_replicated():
@@ -41,27 +61,50 @@ def _train_without_eval(config, workdir, **kw):
     return train(config, workdir, progress=False, **kw)
 
 
-def test_mesh_shapes_give_the_same_loss_trajectory(tmp_path):
+def _is_adam(x):
+  return isinstance(x, optax.ScaleByAdamState)
+
+
+def _adam_states(opt_state):
+  """The optax ScaleByAdamState(s) (count, mu, nu) inside a chained optimizer state."""
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=_is_adam) if _is_adam(x)]
+
+
+# Six Adam steps at lr 0.01 from the same init: another mesh's reduction order moves params by
+# float32 rounding only, far below the ~1e-2 per-step updates a wrong batch or gradient changes.
+PARAM_RTOL, PARAM_ATOL = 1e-5, 1e-6
+
+
+def test_mesh_shapes_give_the_same_losses_and_params(tmp_path):
   assert len(jax.devices()) == 8, "tests/conftest.py should give 8 CPU devices"
-  _train_without_eval(tiny_config("mesh.data=1"), tmp_path / "one", devices=jax.devices()[:1])
-  expected = _losses(tmp_path / "one")
+  one = _train_without_eval(tiny_config("mesh.data=1"), tmp_path / "one", devices=jax.devices()[:1])
+  expected, expected_params = _losses(tmp_path / "one"), flat_params(one.state.params)
   assert len(expected) == 6 and np.all(np.isfinite(expected))
   assert expected[-1] < expected[0]
   for data, fsdp, tensor in ((8, 1, 1), (4, 2, 1), (2, 2, 2)):
+    mesh_name = f"mesh ({data},{fsdp},{tensor})"
     workdir = tmp_path / f"mesh_{data}{fsdp}{tensor}"
     result = _train_without_eval(
         tiny_config(f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"), workdir)
-    np.testing.assert_allclose(_losses(workdir), expected, rtol=1e-4,
-                               err_msg=f"mesh ({data},{fsdp},{tensor})")
+    np.testing.assert_allclose(_losses(workdir), expected, rtol=1e-4, err_msg=mesh_name)
+    assert_params_close(flat_params(result.state.params), expected_params, mesh_name,
+                        rtol=PARAM_RTOL, atol=PARAM_ATOL)
     if fsdp * tensor > 1:
       # Parameters really are split: a weight matrix is sharded over fsdp and/or tensor.
       fc1 = result.state.params["image_encoder"]["transformer"]["block_0"]["mlp"]["fc1"]["kernel"]
       assert tuple(fc1.sharding.spec) == ("fsdp", "tensor")
       shard = fc1.addressable_shards[0].data
       assert shard.shape == (fc1.shape[0] // fsdp, fc1.shape[1] // tensor)
-    # Optimizer moments follow their parameters' sharding.
-    mu = jax.tree.leaves(result.state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-    assert mu, "expected an Adam state with moments"
+    # Each Adam moment is sharded exactly like its parameter.
+    adam_states = _adam_states(result.state.opt_state)
+    assert len(adam_states) == 1, result.state.opt_state
+    for moment in ("mu", "nu"):
+      tree = getattr(adam_states[0], moment)
+      assert jax.tree.structure(tree) == jax.tree.structure(result.state.params)
+      for (path, m), p in zip(jax.tree_util.tree_leaves_with_path(tree),
+                              jax.tree.leaves(result.state.params)):
+        assert m.sharding == p.sharding, (f"{mesh_name} {moment}{jax.tree_util.keystr(path)}: "
+                                          f"{m.sharding.spec} vs param {p.sharding.spec}")
 
 
 LOSS_TEST_STEPS = ("total_steps=3", "mesh.data=8")

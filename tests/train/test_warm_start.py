@@ -1,5 +1,6 @@
 """Warm start (`init_from`): a VQA run starts from a trained CLIP run's image tower, exactly;
 mismatched towers and unknown subtrees fail clearly; a resumed run does not warm-start again."""
+import ast
 import shutil
 
 import jax
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax import cli
+from mmjax.train import restore, trainer
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.tasks.vqa import VQATask
 from mmjax.train.trainer import train
@@ -17,9 +19,11 @@ from conftest import ROOT, tiny_config
 # The tiny CLIP image tower of conftest.TINY, for a VQA model at the same image size.
 VQA_TINY = [
     "batch_size=8", "total_steps=1", "log_every=1", "eval_every=1000", "checkpoint_every=1",
-    "data.image_size=16", "model.image.stem_channels=(4,)", "model.image.patch_size=4",
-    "model.image.width=16", "model.image.layers=1", "model.image.heads=2", "model.text.width=16",
-    "model.text.layers=1", "model.text.heads=2", "model.head_hidden=16", "eval.num_examples=10",
+    "data.image_size=16", "model.image_encoder.stem_channels=(4,)",
+    "model.image_encoder.patch_size=4", "model.image_encoder.width=16",
+    "model.image_encoder.num_layers=1", "model.image_encoder.num_heads=2",
+    "model.question_encoder.width=16", "model.question_encoder.num_layers=1",
+    "model.question_encoder.num_heads=2", "model.hidden_dim=16", "eval.num_examples=10",
     "eval.batch_size=5",
     # Learning rate 0: updates are exactly zero, so after training the params are the
     # warm-started ones.
@@ -70,7 +74,7 @@ def test_vqa_starts_from_the_clip_image_tower_and_resume_does_not_reload(clip_ru
 def test_mismatched_tower_and_unknown_subtree_fail_clearly(clip_run, tmp_path):
   workdir, _ = clip_run
   with pytest.raises(ValueError, match=r"subtrees differ.*this run float32\[.*32"):
-    train(vqa_config(f"init_from.workdir={workdir}", "model.image.width=32"), tmp_path / "a",
+    train(vqa_config(f"init_from.workdir={workdir}", "model.image_encoder.width=32"), tmp_path / "a",
           devices=jax.devices()[:1], progress=False)
   with pytest.raises(KeyError, match=r"no 'vision'.*image_encoder"):
     train(vqa_config(f"init_from.workdir={workdir}", "init_from.params=('vision:image_encoder',)"),
@@ -83,3 +87,15 @@ def test_mismatched_tower_and_unknown_subtree_fail_clearly(clip_run, tmp_path):
       parse_mapping(bad)
   assert parse_mapping("image_encoder:vision/encoder/") == (("image_encoder",),
                                                             ("vision", "encoder"))
+
+
+def test_warm_start_and_restore_do_not_import_the_trainer():
+  """The trainer imports warm start, which restores the source run: `restore` is their shared
+  module, so neither may import the trainer back (not even inside a function)."""
+  for module in ("warm_start", "restore"):
+    tree = ast.parse((ROOT / "mmjax" / "train" / f"{module}.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert "mmjax.train.trainer" not in imported, module
+  assert trainer.restore_params is restore.restore_params  # cli.py and tests import it there
