@@ -56,7 +56,7 @@ def _upsample(images: np.ndarray, size: int) -> np.ndarray:
 def _judge(clip, class_emb, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Images `[N, h, w, 3]` in [0, 1] -> (predicted class `[N]`, normalised embeddings `[N, E]`)."""
   size = clip.task.config.data.image_size
-  emb = np.asarray(clip.task.embed(clip.params, _upsample(images, size), "encode_image", clip.mesh))
+  emb = np.asarray(clip.task.embed_images(clip.params, _upsample(images, size), clip.mesh))
   return (emb @ class_emb.T).argmax(-1), emb
 
 

@@ -1,4 +1,4 @@
-"""BLIP pre-training (ITC + ITM + LM) on ShapeWorld, on the contrastive task's data and eval.
+"""BLIP pre-training (ITC + ITM + LM) on ShapeWorld, on the contrastive task's data and evals.
 
 loss = itc_weight L_ITC + itm_weight L_ITM + lm_weight L_LM over one global batch:
   L_ITC  the contrastive task's `contrastive_loss` on the unimodal embeddings;
@@ -8,13 +8,15 @@ loss = itc_weight L_ITC + itm_weight L_ITM + lm_weight L_LM over one global batc
          `loss.itm_positives="label"` also pairs of the same class label, are never negatives;
   L_LM   next-token CE of BOS + `lm_prompt` + caption + EOS; the prompt is given, not scored.
 
-`BLIPTask` is a `ContrastiveTask` (same data stream, batch checks, zero-shot and R@K eval
-through `encode_image`/`encode_text`), plus i2t R@1 after ITM re-ranking of the top ITC
-candidates and greedy-caption BLEU-4 / CIDEr-D (`CaptionGeneration`, shared with captioning).
+The training stream is the contrastive task's (`image_text_train_batches`). Evaluation is the
+shared evaluators over BLIP's own predict functions: zero-shot and R@K (`image_text_eval`)
+through `encode_image`/`encode_text`, i2t R@1 after re-ranking each image's top ITC candidates
+by the ITM head, and greedy-caption BLEU-4 / CIDEr-D (`CaptioningEvaluator`).
 """
 from __future__ import annotations
 
 import functools
+import pathlib
 from typing import Any
 
 import jax
@@ -23,16 +25,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mmjax import decoding, losses, metrics
-from mmjax.data.shapeworld_inputs import check_caption_batch
+from mmjax import decoding, losses
+from mmjax.data.shapeworld_inputs import check_caption_batch, image_text_train_batches
 from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.blip import BLIP
-from mmjax.train import sharding
+from mmjax.train.evaluators import CaptioningEvaluator
+from mmjax.train.tasks import image_text_eval
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.caption_generation import CaptionGeneration
-from mmjax.train.tasks.contrastive import ContrastiveTask, contrastive_loss
+from mmjax.train.tasks.contrastive import contrastive_loss
 
 LOSS_WEIGHTS = ("itc_weight", "itm_weight", "lm_weight")
 ITM_POSITIVES = ("caption", "label")
@@ -61,11 +63,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"eval.{name} must be >= 0 (0 = off), got {config.eval[name]}")
 
 
-class BLIPTask(CaptionGeneration, ContrastiveTask):
+class BLIPTask(Task):
   """ITC + ITM + LM; evaluation: zero-shot, R@K, ITM-re-ranked i2t R@1, caption BLEU-4."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    Task.__init__(self, config)  # ContrastiveTask.__init__ would build a CLIP.
+    super().__init__(config)
     _check_config(config)
     self.tokenizer = tok = shapeworld_tokenizer()
     prompt = config.loss.lm_prompt.strip()
@@ -78,12 +80,17 @@ class BLIPTask(CaptionGeneration, ContrastiveTask):
     self.max_new_tokens = config.data.context_length - 1  # caption words + EOS after the prompt
     self._model = build_model(config.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                               max_length=self.lm_length)
-    self._eval_cache = None
-    self._jitted = {}
+    self._evaluators = None
+    self._retrieval_captions = None  # the retrieval texts as str, for write_artifacts
 
   @property
   def model(self) -> BLIP:
     return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def train_batches(self, process_index: int, process_count: int):
+    return image_text_train_batches(self.config, self.tokenizer, process_index, process_count)
 
   def check_batch(self, batch, step: int) -> None:
     check_caption_batch(batch, step, self.config.data, self.tokenizer)
@@ -159,9 +166,6 @@ class BLIPTask(CaptionGeneration, ContrastiveTask):
     hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return loss, (hits * weights).sum() / weights.sum()
 
-  def loss_and_grad(self, params, batch, rng):
-    return Task.loss_and_grad(self, params, batch, rng)  # no GradCache: ITM needs the batch
-
   def init_params(self, rng: jax.Array) -> Any:
     size, length = self.config.data.image_size, self.lm_length
     images = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -170,41 +174,52 @@ class BLIPTask(CaptionGeneration, ContrastiveTask):
 
   # -- evaluation -----------------------------------------------------------------------------
 
+  def evaluators(self) -> dict[str, Any]:
+    """The shared two-tower evaluators over `encode_image` / `encode_text` ("zero_shot";
+    "retrieval", re-ranked by the ITM head when `eval.itm_rerank_k` > 0) and, when
+    `eval.caption_images` > 0, "captioning" of the first retrieval images against their 5
+    captions; built (test data rendered) on first use."""
+    if self._evaluators is None:
+      cfg, model = self.config.eval, self._model
+      embed_image = lambda params, images: model.apply({"params": params}, images,
+                                                       method=BLIP.encode_image)
+      embed_text = lambda params, tokens: model.apply({"params": params}, tokens,
+                                                      method=BLIP.encode_text)
+      arrays = image_text_eval.retrieval_arrays(self.config, self.tokenizer)
+      rerank = dict(rerank_fn=self._itm_scores, rerank_k=cfg.itm_rerank_k)
+      self._evaluators = {
+          "zero_shot": image_text_eval.zero_shot_evaluator(self.config, self.tokenizer,
+                                                           embed_image, embed_text),
+          "retrieval": image_text_eval.retrieval_evaluator(self.config, arrays, embed_image,
+                                                           embed_text, **rerank)}
+      self._retrieval_captions = arrays["captions"]
+      if cfg.caption_images:
+        count = min(cfg.caption_images, len(arrays["image"]))
+        references = [[caption for caption, owner in zip(arrays["captions"],
+                                                         arrays["text_to_image"]) if owner == i]
+                      for i in range(count)]
+        self._evaluators["captioning"] = CaptioningEvaluator(
+            self._generate, self.tokenizer, arrays["image"][:count], references, cfg.batch_size)
+    return self._evaluators
+
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
-    """ContrastiveTask's zero-shot and R@K metrics, `i2t_r@1_itm`, `bleu4` and `cider_d`."""
-    results = super().evaluate(params, mesh)
-    if self.config.eval.itm_rerank_k:
-      results["i2t_r@1_itm"] = self.itm_rerank_recall(params, mesh)
-    if self.config.eval.caption_images:
-      results.update(self.caption_metrics(params, mesh))
-    return results
+    """Zero-shot top-1, R@K, `i2t_r@1_itm`, and the captions' `bleu4` and `cider_d`."""
+    return {name: value for evaluator in self.evaluators().values()
+            for name, value in evaluator.evaluate(params, mesh).items()}
+
+  def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
+    return image_text_eval.retrieval_artifacts(self.evaluators()["retrieval"],
+                                               self._retrieval_captions, params, mesh, workdir)
 
   def _itm_scores(self, params, images: jax.Array, candidates: jax.Array) -> jax.Array:
     """Match logit minus no-match logit `[C, K]` of images `[C, H, W, 3]` with their candidate
-    texts int `[C, K, L]`."""
+    texts int `[C, K, L]` (the ITM head, i.e. the image-grounded encoder, as BLIP re-ranks)."""
     model, variables = self._model, {"params": params}
     image_tokens = model.apply(variables, images, method=BLIP.encode_image_tokens)
     count, k, length = candidates.shape
     logits = model.apply(variables, jnp.repeat(image_tokens, k, axis=0),
                          candidates.reshape(count * k, length), method=BLIP.itm_logits)
     return (logits[:, 1] - logits[:, 0]).reshape(count, k)
-
-  def itm_rerank_recall(self, params, mesh: Mesh) -> float:
-    """i2t R@1 on the retrieval set when each image's top-`eval.itm_rerank_k` ITC texts are
-    re-ranked by the ITM head (the image-grounded encoder), as BLIP retrieves."""
-    data = self._eval_data()["retrieval"]
-    image_emb = self.embed(params, data["image"], "encode_image", mesh)
-    text_emb = self.embed(params, data["text"], "encode_text", mesh)
-    k = min(self.config.eval.itm_rerank_k, len(data["text"]))
-    candidates = sharding.to_host(jax.lax.top_k(image_emb @ text_emb.T, k)[1])  # [N, K]
-    if "itm" not in self._jitted:
-      self._jitted["itm"] = jax.jit(self._itm_scores)
-    fn = functools.partial(self._jitted["itm"], params)
-    scores = np.concatenate([out[:count] for count, out in
-                             sharding.map_in_chunks(fn, (data["image"], data["text"][candidates]),
-                                                    mesh, self.config.eval.batch_size)])
-    best = candidates[np.arange(len(candidates)), scores.argmax(1)]
-    return float(np.mean(data["text_to_image"][best] == np.arange(len(candidates))))
 
   def _generate(self, params, images: jax.Array) -> jax.Array:
     """Greedy caption tokens int32 `[B, max_new_tokens]` (EOS then padding) after BOS +
@@ -216,17 +231,3 @@ class BLIPTask(CaptionGeneration, ContrastiveTask):
     step_fn = functools.partial(self._model.decode_step, params)
     return decoding.greedy(step_fn, cache, prompt, max_new_tokens=self.max_new_tokens,
                            eos_id=tok.eos_id, pad_id=tok.pad_id).tokens
-
-  def caption_metrics(self, params, mesh: Mesh) -> dict[str, float]:
-    """bleu4 (corpus, in [0, 1]) and cider_d of greedy captions of the first
-    `eval.caption_images` retrieval images, each against its 5 reference captions."""
-    data = self._eval_data()["retrieval"]
-    count = min(self.config.eval.caption_images, len(data["image"]))
-    references = [[] for _ in range(count)]
-    for caption, owner in zip(data["captions"], data["text_to_image"]):
-      if owner < count:
-        references[owner].append(caption)
-    captions = self.generate_captions(params, data["image"][:count], mesh)
-    self.last_captions = captions
-    return {"bleu4": metrics.corpus_bleu(captions, references) / 100.0,
-            "cider_d": metrics.cider_d(captions, references)}

@@ -5,7 +5,7 @@ Each training row is BOS + one of the image's 5 captions + EOS (the caption draw
 `caption_loss`. `evaluate` captions the first `eval.num_images` test images with jit-compiled
 greedy decoding (`eval.num_beams` = 1) or beam search and scores them against all 5 references:
 corpus BLEU-4 (sacrebleu's, /100), CIDEr-D, and attribute accuracies from the images'
-structured labels (`metrics.attribute_metrics`).
+structured labels (`metrics.attribute_metrics`), through `CaptioningEvaluator`.
 """
 from __future__ import annotations
 
@@ -29,15 +29,24 @@ from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.captioner import Captioner
 from mmjax.train import sharding
+from mmjax.train.evaluators import CaptioningEvaluator
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.caption_generation import CaptionGeneration
 
 # ShapeWorld's attribute words in the order a caption says them ("a small red circle").
 ATTRIBUTE_VOCABULARIES = {"size": shapeworld.SIZES, "colour": shapeworld.COLOURS,
                           "shape": shapeworld.SHAPES}
+ATTRIBUTE_LABELS = ("num_objects", "shape", "colour", "size")  # eval data keys they read
 
 
-class CaptionTask(CaptionGeneration, Task):
+def shapeworld_attribute_metrics(captions: list[str],
+                                 labels: dict[str, np.ndarray]) -> dict[str, float]:
+  """`metrics.attribute_metrics` of N captions against labels (num_objects `[N]`, shape /
+  colour / size `[N, M]`), the words said in `ATTRIBUTE_VOCABULARIES` order."""
+  return metrics.attribute_metrics([split_words(caption) for caption in captions], labels,
+                                   ATTRIBUTE_VOCABULARIES)
+
+
+class CaptionTask(Task):
   """ShapeWorld captioning; evaluation by BLEU-4, CIDEr-D and attribute accuracies."""
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -52,7 +61,8 @@ class CaptionTask(CaptionGeneration, Task):
     # Caption words + EOS after the BOS prompt fill the decoder's context_length positions.
     self.max_new_tokens = config.data.context_length - 1
     self._eval_cache = None
-    self._jitted = {}
+    self._evaluators = None
+    self._loss_sums_fn = jax.jit(self._loss_sums)
 
   @property
   def model(self) -> Captioner:
@@ -106,7 +116,7 @@ class CaptionTask(CaptionGeneration, Task):
           image=arrays["image"], text=arrays["text"], text_to_image=owners,
           references=references,
           **{key: np.stack([item[key] for item in items])
-             for key in ("num_objects", "shape", "colour", "size")})
+             for key in ATTRIBUTE_LABELS})
     return self._eval_cache
 
   def _generate(self, params, images: jax.Array) -> jax.Array:
@@ -132,29 +142,34 @@ class CaptionTask(CaptionGeneration, Task):
   def eval_loss(self, params, mesh: Mesh) -> float:
     """Mean next-token NLL over all 5 reference captions of every eval image."""
     data = self._eval_data()
-    if "loss" not in self._jitted:
-      self._jitted["loss"] = jax.jit(self._loss_sums)
-    fn = functools.partial(self._jitted["loss"], params)
+    fn = functools.partial(self._loss_sums_fn, params)
     images = data["image"][data["text_to_image"]]
     sums = sharding.map_in_chunks(fn, (images, data["text"]), mesh,
                                   self.config.eval.batch_size)
     return float(sum(s for _, (s, _) in sums) / max(sum(c for _, (_, c) in sums), 1.0))
 
-  def caption_metrics(self, captions: list[str]) -> dict[str, float]:
-    """BLEU-4 (corpus, in [0, 1]), CIDEr-D and `attribute_metrics` of the eval images' captions."""
-    data = self._eval_data()
-    references = data["references"]
-    results = {"bleu4": metrics.corpus_bleu(captions, references) / 100.0,
-               "cider_d": metrics.cider_d(captions, references)}
-    results.update(metrics.attribute_metrics([split_words(c) for c in captions], data,
-                                             ATTRIBUTE_VOCABULARIES))
-    return results
+  def evaluators(self) -> dict[str, Any]:
+    """{"captioning": CaptioningEvaluator} of the eval images with their attribute labels,
+    built on first use."""
+    if self._evaluators is None:
+      data = self._eval_data()
+      labels = {key: data[key] for key in ATTRIBUTE_LABELS}
+      self._evaluators = {"captioning": CaptioningEvaluator(
+          self._generate, self.tokenizer, data["image"], data["references"],
+          self.config.eval.batch_size, attribute_labels=labels,
+          attribute_metrics=shapeworld_attribute_metrics)}
+    return self._evaluators
+
+  def generate_captions(self, params, images: np.ndarray, mesh: Mesh) -> list[str]:
+    """Decoded captions (N str) of host images float32 `[N, H, W, 3]` in [0, 1]."""
+    return self.evaluators()["captioning"].generate(params, images, mesh)
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
-    data = self._eval_data()
-    captions = self.generate_captions(params, data["image"], mesh)
-    self.last_captions = captions
-    return {"eval_loss": self.eval_loss(params, mesh), **self.caption_metrics(captions)}
+    """eval_loss, then the captions' bleu4, cider_d and attribute accuracies."""
+    results = {"eval_loss": self.eval_loss(params, mesh)}
+    for evaluator in self.evaluators().values():
+      results.update(evaluator.evaluate(params, mesh))
+    return results
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
     from mmjax.train import plots

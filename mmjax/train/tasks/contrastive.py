@@ -1,7 +1,6 @@
 """Contrastive image-text training (CLIP / SigLIP) on ShapeWorld or a user image-text source."""
 from __future__ import annotations
 
-import functools
 import pathlib
 from typing import Any
 
@@ -11,15 +10,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mmjax import losses, metrics
-from mmjax.data import pipeline, shapeworld
+from mmjax import losses
 from mmjax.data.shapeworld_inputs import (check_images, check_tokens, image_text_init_inputs,
-                                          image_text_train_batches, shapeworld_source,
-                                          text_tower_fields)
+                                          image_text_train_batches, text_tower_fields)
 from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.models import build_model
 from mmjax.models.clip import CLIP
 from mmjax.train import sharding
+from mmjax.train.tasks import image_text_eval
 from mmjax.train.tasks.base import Task
 
 
@@ -67,17 +65,14 @@ class ContrastiveTask(Task):
     self.tokenizer = shapeworld_tokenizer()
     self._model = build_model(config.model, text_encoder=text_tower_fields(
         self.tokenizer, config.data.context_length))
-    self._eval_cache = None
-    self._jitted = {}
+    self._evaluators = None
+    self._retrieval_captions = None  # the retrieval texts as str, for write_artifacts
 
   @property
   def model(self) -> CLIP:
     return self._model
 
   # -- data -----------------------------------------------------------------------------------
-
-  def _source(self, split: str, length: int, num_objects=None):
-    return shapeworld_source(self.config.data, split, length, num_objects)
 
   def train_batches(self, process_index: int, process_count: int):
     return image_text_train_batches(self.config, self.tokenizer, process_index, process_count)
@@ -125,81 +120,37 @@ class ContrastiveTask(Task):
 
   # -- evaluation -----------------------------------------------------------------------------
 
-  def _eval_data(self):
-    """Eval inputs, built once: zero-shot prompts, single-object images, retrieval set."""
-    if self._eval_cache is None:
-      cfg, length = self.config.eval, self.config.data.context_length
-      names = shapeworld.class_names()
-      prompts = shapeworld.zero_shot_prompts()  # row = class * num_templates + template
-      single = pipeline.eval_arrays(self._source("test", cfg.zero_shot_images, (1, 1)),
-                                    self.tokenizer, length, cfg.zero_shot_images)
-      retrieval = pipeline.eval_arrays(self._source("test", cfg.retrieval_images),
-                                       self.tokenizer, length, cfg.retrieval_images)
-      self._eval_cache = dict(
-          prompt_tokens=self.tokenizer.encode_batch(prompts, length),
-          num_templates=len(shapeworld.ZERO_SHOT_TEMPLATES),
-          heldout=np.array([shapeworld.is_heldout_class(i) for i in range(len(names))]),
-          single=single, retrieval=retrieval)
-    return self._eval_cache
-
-  def embed(self, params, array: np.ndarray, method: str, mesh: Mesh) -> jax.Array:
-    """Embeds host `array` `[N, ...]` in fixed-size, batch-sharded chunks -> `[N, E]` on device."""
-    if method not in self._jitted:
-      self._jitted[method] = jax.jit(
-          lambda params, x: self._model.apply({"params": params}, x, method=method))
-    fn = functools.partial(self._jitted[method], params)
-    chunks = sharding.map_in_chunks(fn, (array,), mesh, self.config.eval.batch_size, host=False)
-    return jnp.concatenate([out[:count] for count, out in chunks])
+  def evaluators(self) -> dict[str, Any]:
+    """{"zero_shot": ZeroShotEvaluator, "retrieval": RetrievalEvaluator} over the model's
+    `encode_image` / `encode_text`, built (test data rendered) on first use."""
+    if self._evaluators is None:
+      model = self._model
+      embed_image = lambda params, images: model.apply({"params": params}, images,
+                                                       method=model.encode_image)
+      embed_text = lambda params, tokens: model.apply({"params": params}, tokens,
+                                                      method=model.encode_text)
+      arrays = image_text_eval.retrieval_arrays(self.config, self.tokenizer)
+      self._evaluators = {
+          "zero_shot": image_text_eval.zero_shot_evaluator(self.config, self.tokenizer,
+                                                           embed_image, embed_text),
+          "retrieval": image_text_eval.retrieval_evaluator(self.config, arrays, embed_image,
+                                                           embed_text)}
+      self._retrieval_captions = arrays["captions"]
+    return self._evaluators
 
   def zero_shot_embeddings(self, params, mesh: Mesh) -> dict[str, Any]:
-    """Embeddings of the zero-shot evaluation.
+    """The zero-shot evaluator's prompt_emb `[C, T, E]`, class_emb `[C, E]`, image_emb `[N, E]`
+    and host labels int `[N]` (for experiment scripts)."""
+    return self.evaluators()["zero_shot"].embeddings(params, mesh)
 
-    Returns:
-      prompt_emb `[C, T, E]` (class x template), class_emb `[C, E]` (template mean,
-      renormalised: CLIP's recipe), image_emb `[N, E]` of the single-object test images and
-      their labels int `[N]` (host).
-    """
-    data = self._eval_data()
-    prompt_emb = self.embed(params, data["prompt_tokens"], "encode_text", mesh)
-    prompt_emb = prompt_emb.reshape(-1, data["num_templates"], prompt_emb.shape[-1])
-    class_emb = prompt_emb.mean(1)
-    class_emb = class_emb / jnp.linalg.norm(class_emb, axis=-1, keepdims=True)
-    image_emb = self.embed(params, data["single"]["image"], "encode_image", mesh)
-    return dict(prompt_emb=prompt_emb, class_emb=class_emb, image_emb=image_emb,
-                labels=data["single"]["label"])
+  def embed_images(self, params, images: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Host images `[N, H, W, 3]` -> normalised embeddings `[N, E]` on device."""
+    return self.evaluators()["retrieval"].embed_images(params, images, mesh)
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
-    data = self._eval_data()
-    zero_shot = self.zero_shot_embeddings(params, mesh)
-    logits = zero_shot["image_emb"] @ zero_shot["class_emb"].T
-    labels = zero_shot["labels"]
-    is_heldout = data["heldout"][labels]
-    results = {}
-    for name, rows in (("zeroshot_top1", ~is_heldout), ("zeroshot_top1_heldout", is_heldout)):
-      if rows.any():
-        acc = metrics.zero_shot_accuracy(logits[np.flatnonzero(rows)], labels[rows], ks=(1,))
-        results[name] = float(sharding.to_host(acc["top1"]))
-    retrieval = data["retrieval"]
-    image_emb = self.embed(params, retrieval["image"], "encode_image", mesh)
-    text_emb = self.embed(params, retrieval["text"], "encode_text", mesh)
-    recalls = metrics.retrieval_recall(image_emb @ text_emb.T, retrieval["text_to_image"],
-                                       ks=(1, 5, 10))
-    recalls = sharding.to_host(recalls)
-    for direction in ("i2t", "t2i"):
-      for k in (1, 5, 10):
-        results[f"{direction}_r@{k}"] = float(recalls[f"{direction}_r@{k}"])
-    return results
+    return {name: value for evaluator in self.evaluators().values()
+            for name, value in evaluator.evaluate(params, mesh).items()}
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
-    from mmjax.train import plots
-    data = self._eval_data()["retrieval"]
-    count = min(8, len(data["image"]))
-    image_emb = self.embed(params, data["image"][:count], "encode_image", mesh)
-    text_emb = self.embed(params, data["text"], "encode_text", mesh)
-    top = sharding.to_host(jax.lax.top_k(image_emb @ text_emb.T, 3)[1])
-    if jax.process_index() != 0:
-      return []
-    captions = [[data["captions"][j] for j in row] for row in top]
-    return [plots.loss_curve(workdir),
-            plots.retrieval_grid(workdir / "retrieval.png", data["image"][:count], captions)]
-
+    return image_text_eval.retrieval_artifacts(self.evaluators()["retrieval"],
+                                               self._retrieval_captions, params, mesh, workdir)

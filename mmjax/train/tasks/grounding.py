@@ -31,7 +31,7 @@ from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.grounding import NUM_BOX_TOKENS, CoordinateDecoder, box_loss, coordinate_example
-from mmjax.train import sharding
+from mmjax.train.evaluators import GroundingEvaluator
 from mmjax.train.tasks.base import Task
 
 HEADS = {"regression_grounder": "regression", "captioner": "tokens"}  # model.name -> head
@@ -102,7 +102,7 @@ class GroundingTask(Task):
     self.decoder = (CoordinateDecoder(self._model, self.tokenizer.vocab_size, self.num_bins,
                                       self.tokenizer.pad_id) if self.head == "tokens" else None)
     self._eval_cache = None
-    self._predict_fn = None
+    self._evaluators = None
 
   @property
   def model(self):
@@ -164,33 +164,33 @@ class GroundingTask(Task):
       self._eval_cache = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
     return self._eval_cache
 
-  def _predict(self, params, images, text, prompt_lengths):
-    """Boxes float32 `[B, 4]` for images `[B, H, W, 3]` and their expressions."""
+  def evaluators(self) -> dict[str, Any]:
+    """{"grounding": GroundingEvaluator} of the eval examples, built on first use."""
+    if self._evaluators is None:
+      data = self._eval_data()
+      if self.head == "tokens":  # Leave the decoder's last positions to the 4 box tokens.
+        width = self.config.data.context_length - NUM_BOX_TOKENS
+        inputs = {"image": data["image"], "prompt": data["prompt"][:, :width],
+                  "prompt_length": data["prompt_length"]}
+      else:
+        inputs = {"image": data["image"], "expression": data["expression"]}
+      self._evaluators = {"grounding": GroundingEvaluator(
+          self._predict_boxes, inputs, data["box"], self.config.eval.batch_size,
+          thresholds=IOU_THRESHOLDS)}
+    return self._evaluators
+
+  def _predict_boxes(self, params, batch) -> jax.Array:
+    """Boxes float32 `[B, 4]` (x0, y0, x1, y1) for images `[B, H, W, 3]` and their expressions
+    (regression head) or prompts with prompt_length (tokens head)."""
     if self.head == "regression":
-      return self._model.apply({"params": params}, images, text)
-    return self.decoder.decode_boxes(params, images, text, prompt_lengths)
+      return self._model.apply({"params": params}, batch["image"], batch["expression"])
+    # Padding rows have prompt length 0: decode them from BOS only.
+    return self.decoder.decode_boxes(params, batch["image"], batch["prompt"],
+                                     jnp.maximum(batch["prompt_length"], 1))
 
   def predict(self, params, mesh: Mesh) -> np.ndarray:
     """Predicted boxes float32 `[N, 4]` (x0, y0, x1, y1) of the eval examples (host)."""
-    data = self._eval_data()
-    if self._predict_fn is None:
-      self._predict_fn = jax.jit(self._predict)
-    if self.head == "tokens":  # Leave the decoder's last positions to the 4 box tokens.
-      text = data["prompt"][:, :self.config.data.context_length - NUM_BOX_TOKENS]
-      lengths = data["prompt_length"]
-    else:
-      text, lengths = data["expression"], np.ones(len(data["box"]), np.int32)
-    # Padding rows get prompt length 1 (BOS only) so that decoding them stays well defined.
-    chunks = sharding.map_in_chunks(
-        lambda images, text, lengths: self._predict_fn(params, images, text,
-                                                       jnp.maximum(lengths, 1)),
-        (data["image"], text, lengths), mesh, self.config.eval.batch_size)
-    return np.concatenate([out[:count] for count, out in chunks]).astype(np.float32)
+    return self.evaluators()["grounding"].predict(params, mesh)
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
-    data = self._eval_data()
-    iou = np.asarray(metrics.matched_box_iou(jnp.asarray(self.predict(params, mesh)),
-                                             jnp.asarray(data["box"])))
-    results = {f"acc@{t}": float((iou >= t).mean()) for t in IOU_THRESHOLDS}
-    results["mean_iou"] = float(iou.mean())
-    return results
+    return self.evaluators()["grounding"].evaluate(params, mesh)

@@ -30,7 +30,7 @@ from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer, generative_example
-from mmjax.train import sharding
+from mmjax.train.evaluators import VQAEvaluator
 from mmjax.train.tasks.base import Task
 
 HEADS = {"vqa_classifier": "classifier", "captioner": "generative"}  # model.name -> head
@@ -110,7 +110,7 @@ class VQATask(Task):
     self.answerer = (GenerativeAnswerer(self._model, self.answers, self.tokenizer)
                      if self.head == "generative" else None)
     self._eval_cache = None
-    self._predict_fn = None
+    self._evaluators = None
 
   @property
   def model(self):
@@ -181,61 +181,50 @@ class VQATask(Task):
                           **{key: np.stack([row[key] for row in rows]) for key in rows[0]}}
     return self._eval_cache
 
-  def _predict(self, params, images, text, prompt_lengths):
-    """Per question of images `[B, H, W, 3]` (5 each, rows of `text` `[5B, L]`): the answer
-    index int32 `[5B]` (classifier) or the decoded answer tokens int32 `[5B, T + 1]`."""
-    if self.head == "classifier":
-      model = self._model
-      image_tokens = model.apply({"params": params}, images, method=model.encode_image)
-      image_tokens = jnp.repeat(image_tokens, QUESTIONS_PER_IMAGE, axis=0)
-      logits = model.apply({"params": params}, image_tokens, text, method=model.answer_logits)
-      return jnp.argmax(logits, -1).astype(jnp.int32)
-    return self.answerer.decode(params, images, text, prompt_lengths, QUESTIONS_PER_IMAGE).tokens
+  def evaluators(self) -> dict[str, Any]:
+    """{"vqa": VQAEvaluator} over all 5 questions of each eval image (the image encoded once),
+    built on first use."""
+    if self._evaluators is None:
+      data, q = self._eval_data(), QUESTIONS_PER_IMAGE
+      n = len(data["image"])
+      if self.head == "classifier":
+        predict_fn, decode_fn = self._predict_answers, None
+        inputs = {"image": data["image"], "question": data["question"].reshape(n, q, -1)}
+      else:
+        predict_fn, decode_fn = self._decode_answers, self._answer_indices
+        width = data["prompt"].shape[1] - self.answerer.max_new_tokens  # room for answer + EOS
+        inputs = {"image": data["image"], "prompt": data["prompt"][:, :width].reshape(n, q, width),
+                  "prompt_length": data["prompt_length"].reshape(n, q)}
+      self._evaluators = {"vqa": VQAEvaluator(
+          predict_fn, inputs, data["answer"].reshape(n, q), self.config.eval.batch_size,
+          question_types=data["question_type"].reshape(n, q), type_names=QUESTION_TYPES,
+          decode_fn=decode_fn)}
+    return self._evaluators
 
-  def predict(self, params, mesh: Mesh) -> np.ndarray:
-    """int `[5N]` predicted answer indices on the eval questions.
+  def _predict_answers(self, params, batch) -> jax.Array:
+    """Classifier head: answer indices int32 `[B, Q]` of images `[B, H, W, 3]` and their
+    questions int `[B, Q, L]`."""
+    model, variables = self._model, {"params": params}
+    image_tokens = model.apply(variables, batch["image"], method=model.encode_image)
+    question = batch["question"]
+    logits = model.apply(variables, jnp.repeat(image_tokens, QUESTIONS_PER_IMAGE, axis=0),
+                         question.reshape(-1, question.shape[-1]), method=model.answer_logits)
+    return jnp.argmax(logits, -1).astype(jnp.int32).reshape(question.shape[:2])
 
-    Raises RuntimeError if a constrained-decoded answer is not in the answer list (a broken
-    constraint, never a model error).
-    """
-    data = self._eval_data()
-    text_key = "prompt" if self.head == "generative" else "question"
-    dp = sharding.data_parallel_size(mesh)
-    chunk = -(-self.config.eval.batch_size // dp) * dp  # images per call
-    if self._predict_fn is None:
-      self._predict_fn = jax.jit(self._predict)
-    q = QUESTIONS_PER_IMAGE
-    lengths = data.get("prompt_length", np.zeros(len(data["answer"]), np.int32))
-    width = data[text_key].shape[1]
-    if self.head == "generative":  # Room for the answer and EOS in the decoder's positions.
-      width -= self.answerer.max_new_tokens
-    outputs = []
-    for start in range(0, len(data["image"]), chunk):
-      images = data["image"][start:start + chunk]
-      count = len(images)
-      pad = lambda x, n: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
-      text = pad(data[text_key][start * q:(start + count) * q, :width], chunk * q)
-      length = pad(lengths[start * q:(start + count) * q], chunk * q)
-      if self.head == "generative":
-        length = np.maximum(length, 1)  # padding rows: decode from a lone pad token
-      placed = sharding.replicate_from_host((pad(images, chunk), text, length), mesh,
-                                            sharding.batch_sharding(mesh))
-      outputs.append(sharding.to_host(self._predict_fn(params, *placed))[:count * q])
-    predictions = np.concatenate(outputs)
-    if self.head == "generative":
-      predictions = self.answerer.answer_indices(predictions)
-      if (predictions < 0).any():
-        bad = np.flatnonzero(predictions < 0)
-        raise RuntimeError(f"{len(bad)} constrained-decoded answers are not in the answer list "
-                           f"(rows {bad[:10].tolist()}): the PrefixTrie constraint is broken")
-    return predictions
+  def _decode_answers(self, params, batch) -> jax.Array:
+    """Generative head: constrained-decoded answer tokens int32 `[B, Q, T + 1]` of images
+    `[B, H, W, 3]` and their prompts int `[B, Q, P]` (prompt_length `[B, Q]`)."""
+    prompt = batch["prompt"]
+    # Padding rows have prompt length 0: decode them from a lone pad token.
+    lengths = jnp.maximum(batch["prompt_length"].reshape(-1), 1)
+    tokens = self.answerer.decode(params, batch["image"], prompt.reshape(-1, prompt.shape[-1]),
+                                  lengths, QUESTIONS_PER_IMAGE).tokens
+    return tokens.reshape(prompt.shape[:2] + tokens.shape[-1:])
+
+  def _answer_indices(self, tokens: np.ndarray) -> np.ndarray:
+    """Host answer tokens `[N, Q, T + 1]` -> answer indices int `[N, Q]` (-1: not an answer)."""
+    return self.answerer.answer_indices(tokens.reshape(-1, tokens.shape[-1])).reshape(
+        tokens.shape[:2])
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
-    data = self._eval_data()
-    correct = self.predict(params, mesh) == data["answer"]
-    results = {"accuracy": float(correct.mean())}
-    for index, name in enumerate(QUESTION_TYPES):
-      rows = data["question_type"] == index
-      if rows.any():
-        results[f"accuracy_{name}"] = float(correct[rows].mean())
-    return results
+    return self.evaluators()["vqa"].evaluate(params, mesh)
