@@ -11,7 +11,7 @@ Three runs from this one file; `task` and a few keys pick the stage:
   mmjax sample --config configs/cascade_shapeworld.py --workdir runs/cascade/superres \
       --prompt "a large red circle" --prompt "a small blue square"
 
-Everything else is `ddpm_shapeworld.py` (UNet (64, 128), text tower, cosine schedule, eps
+Everything else is `t2i_shapeworld.py:unet` (UNet (64, 128), text tower, cosine schedule, v
 prediction with min-SNR-5, 10% condition dropout, DPM-Solver++ 2M with guidance 3). The
 super-resolution stage is trained on 16 px area-downsampled images, noise-augmented to a
 random level in [0, 0.5] (Imagen); it samples with level 0.1. The refiner trains only on
@@ -19,11 +19,11 @@ t <= 0.3 and refines upsampled base samples at strength <= 0.3 (`DiffusionTask.r
 """
 import ml_collections
 
-import ddpm_shapeworld
+import t2i_shapeworld
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ddpm_shapeworld.get_config()
+  c = t2i_shapeworld.get_config("unet")
   c.task = "superres"
   # 1.0: the whole schedule; the refiner run overrides it (it never sees more noise).
   c.diffusion.max_train_time = 1.0

@@ -13,8 +13,8 @@ other keys are that class's fields, spelled exactly as the fields are (big_visio
 Rules:
   name: a key of `MODELS`, or "package.module:Class" for a module registered nowhere.
   Sub-modules: a value that is itself a dict with a `name` is built by the same rules and
-    passed as that field (CLIP's towers, the text-to-image denoiser's text encoder and UNet,
-    the VQA / grounding towers).
+    passed as that field (CLIP's towers, the text-to-image denoiser's text encoder and its
+    UNet or DiT, the VQA / grounding towers).
   Shared settings (`SHARED_SETTINGS`: dtype, param_dtype, attention_impl, remat,
     gelu_approximate): set at one level, a shared setting goes to that module if it has the
     field, and to every sub-module below that has the field and does not set it itself, so
@@ -22,7 +22,7 @@ Rules:
     error.
   dtype / param_dtype: strings ("float32", "bfloat16"), resolved here (`resolve_dtype`) only.
   Values from the data or the task (vocab_size, pad_id, eos_id, context_length / max_length,
-    num_answers, a UNet's context_dim, ...) are keyword arguments of `build_model`, for a
+    num_answers, a denoiser's context_dim, ...) are keyword arguments of `build_model`, for a
     sub-module as a dict under its field name (above); the config must not also set them.
   Lists become tuples (a config.json round trip turns tuples into lists).
   An unknown name or key, a missing required field or a value given twice is a ValueError
@@ -42,6 +42,7 @@ MODELS = {
     "blip": "mmjax.models.blip:BLIP",
     "captioner": "mmjax.models.captioner:Captioner",
     "clip": "mmjax.models.clip:CLIP",
+    "dit": "mmjax.nn.dit:DiT",
     "kl_autoencoder": "mmjax.nn.autoencoder:KLAutoencoder",
     "regression_grounder": "mmjax.models.grounding:RegressionGrounder",
     "text_to_image_denoiser": "mmjax.models.text_to_image:TextToImageDenoiser",

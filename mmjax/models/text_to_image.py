@@ -1,7 +1,8 @@
-"""Text-to-image denoiser: a UNet conditioned on a jointly trained text encoder's tokens.
+"""Text-to-image denoiser: a UNet or DiT conditioned on a jointly trained text encoder's tokens.
 
-The text encoder's per-token features are the UNet's cross-attention context; a learned null
-context stands in for the text when the condition is dropped (classifier-free guidance).
+The text encoder's per-token features are the denoiser's cross-attention context; a learned
+null context stands in for the text when the condition is dropped (classifier-free guidance).
+The denoiser is `model.denoiser` (`{"name": "unet", ...}` or `{"name": "dit", ...}`).
 `mmjax.train.tasks.diffusion` trains it; `denoise` is the library's `denoise_fn` contract.
 """
 from __future__ import annotations
@@ -10,24 +11,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn.dit import DiT
 from mmjax.nn.text import TextTransformer
 from mmjax.nn.unet import UNet
 
+# The registry names `model.denoiser.name` may take.
+DENOISERS = ("unet", "dit")
+
 
 class TextToImageDenoiser(nn.Module):
-  """UNet denoiser conditioned on text-encoder tokens, with a learned null context.
+  """Denoiser conditioned on text-encoder tokens, with a learned null context.
 
   Attributes:
-    text: the text encoder; its per-token features `[B, L, Dt]` are the UNet's context.
-    unet: the denoiser; its `context_dim` must equal the text width Dt.
+    text: the text encoder; its per-token features `[B, L, Dt]` are the denoiser's context.
+    denoiser: a `UNet` or `DiT`; its `context_dim` must equal the text width Dt.
   """
   text: TextTransformer
-  unet: UNet
+  denoiser: UNet | DiT
 
   def setup(self):
-    if self.unet.context_dim != self.text.width:
-      raise ValueError(f"the UNet's context_dim={self.unet.context_dim} must equal the text "
-                       f"encoder's width={self.text.width}")
+    if self.denoiser.context_dim != self.text.width:
+      raise ValueError(f"the denoiser's context_dim={self.denoiser.context_dim} must equal the "
+                       f"text encoder's width={self.text.width}")
     self.null_context = self.param(
         "null_context", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                      (None, "embed")),
@@ -43,16 +48,16 @@ class TextToImageDenoiser(nn.Module):
     return self.null_context[:length], jnp.ones((length,), bool)
 
   def denoise(self, x_t: jax.Array, t: jax.Array, context: jax.Array,
-              context_mask: jax.Array, **unet_inputs: jax.Array) -> jax.Array:
-    """`x_t [B, H, W, 3]`, `t [B]` -> model output `[B, H, W, 3]` float32.
+              context_mask: jax.Array, **denoiser_inputs: jax.Array) -> jax.Array:
+    """`x_t [B, H, W, C]`, `t [B]` -> model output `[B, H, W, C]` float32.
 
-    `unet_inputs`: further UNet conditioning (a super-resolution stage's `low_res`,
+    `denoiser_inputs`: further conditioning (a super-resolution stage's `low_res`,
     `aug_level`)."""
-    return self.unet(x_t, t, context=context, context_mask=context_mask, **unet_inputs)
+    return self.denoiser(x_t, t, context=context, context_mask=context_mask, **denoiser_inputs)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, tokens: jax.Array,
-               **unet_inputs: jax.Array) -> jax.Array:
+               **denoiser_inputs: jax.Array) -> jax.Array:
     """Conditional output for `tokens [B, L]` (touches every parameter, for `init`)."""
     context, mask = self.encode_text(tokens)
     self.null_condition(tokens.shape[1])
-    return self.denoise(x_t, t, context, mask, **unet_inputs)
+    return self.denoise(x_t, t, context, mask, **denoiser_inputs)

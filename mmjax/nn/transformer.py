@@ -56,8 +56,25 @@ class MlpBlock(nn.Module):
                  param_dtype=self.param_dtype)(h)
 
 
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN: `x [B, T, D] * (1 + scale [B, D]) + shift [B, D]` (per example, every token)."""
+  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+def affine_free_layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+  """LayerNorm without scale/bias (eps 1e-6): the adaLN modulation supplies them."""
+  return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
+
+
 class TransformerBlock(nn.Module):
   """x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), context)] + MLP(LN(x)).
+
+  With `adaptive_norm` (DiT's adaLN-Zero), a conditioning vector `condition [B, Dc]` sets the
+  self-attention and MLP sub-layers' norms and output gates per example:
+    shift, scale, gate = split(Dense(SiLU(condition)))   (one triple per sub-layer)
+    x = x + gate * SubLayer(LN(x) * (1 + scale) + shift)
+  with affine-free norms and the modulation Dense initialised to zero, so the block starts as
+  the identity on x (apart from an unmodulated cross-attention sub-layer, as in PixArt-alpha).
 
   Attributes:
     cross_attention: add a cross-attention sub-layer over `context` (decoders, fusion).
@@ -69,6 +86,7 @@ class TransformerBlock(nn.Module):
       transformer: one stack run as a bidirectional encoder and as a causal LM decoder.
     context_optional: with `cross_attention`, a call without `context` skips the
       cross-attention sub-layer (BLIP's unimodal text encoder) instead of raising.
+    adaptive_norm: adaLN-Zero conditioning on `condition` (above); the call needs it.
   """
   num_heads: int
   mlp_dim: int
@@ -80,20 +98,23 @@ class TransformerBlock(nn.Module):
   gelu_approximate: bool = True
   decoder_attention: str | None = None
   context_optional: bool = False
+  adaptive_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                mask: jax.Array | None = None, context_mask: jax.Array | None = None,
                causal: bool = False, positions: jax.Array | None = None,
-               decoder: bool = False) -> jax.Array:
+               decoder: bool = False, condition: jax.Array | None = None) -> jax.Array:
     """`x` `[B, T, D]`, `context` `[B, S, Dc]`; masks broadcastable to `[B, H, T, T|S]`.
 
     `positions` int `[B, T]`: per-row KV-cache slots of the tokens (decode mode only).
     `decoder`: run the causal `decoder_attention` instead of "self_attn".
+    `condition` `[B, Dc]`: the adaLN conditioning vector (with `adaptive_norm` only).
     """
-    attn = lambda name: MultiHeadAttention(
-        self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-        implementation=self.attention_impl, decode=self.decode, name=name)
+    if self.adaptive_norm:
+      return self._adaptive(x, context, mask, context_mask, causal, condition)
+    if condition is not None:
+      raise ValueError("condition was given but this block has adaptive_norm=False")
     if decoder and self.decoder_attention is None:
       raise ValueError("decoder=True needs a block built with decoder_attention=<name>")
     if self.decoder_attention in RESERVED_SUBLAYER_NAMES:
@@ -104,16 +125,47 @@ class TransformerBlock(nn.Module):
     else:
       self_attn, ln_name = "self_attn", "ln_attn"
     h = layer_norm(ln_name, self.dtype, self.param_dtype)(x)
-    x = x + attn(self_attn)(h, mask=mask, causal=causal or decoder, positions=positions)
+    x = x + self._attention(self_attn)(h, mask=mask, causal=causal or decoder, positions=positions)
     if self.cross_attention and (context is not None or not self.context_optional):
       if context is None:
         raise ValueError("this block has cross_attention=True but was called without context")
       h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
-      x = x + attn("cross_attn")(h, context, mask=context_mask)
+      x = x + self._attention("cross_attn")(h, context, mask=context_mask)
     h = layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
                      gelu_approximate=self.gelu_approximate, name="mlp")(h)
     return x
+
+  def _attention(self, name: str) -> MultiHeadAttention:
+    return MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                              implementation=self.attention_impl, decode=self.decode, name=name)
+
+  def _adaptive(self, x, context, mask, context_mask, causal, condition):
+    """The adaLN-Zero block (see the class docstring)."""
+    if condition is None or condition.ndim != 2 or condition.shape[0] != x.shape[0]:
+      raise ValueError(f"adaptive_norm=True needs condition [B={x.shape[0]}, Dc], got "
+                       f"{None if condition is None else condition.shape}")
+    if self.decoder_attention is not None or self.decode:
+      raise ValueError("adaptive_norm does not combine with decoder_attention or decode")
+    width = x.shape[-1]
+    modulation = nn.Dense(
+        6 * width, dtype=self.dtype, param_dtype=self.param_dtype, name="adaln_modulation",
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, "mlp")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(
+            nn.silu(condition.astype(self.dtype)))
+    shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = jnp.split(
+        modulation, 6, axis=-1)
+    h = modulate(affine_free_layer_norm("ln_attn", self.dtype)(x), shift_attn, scale_attn)
+    x = x + gate_attn[:, None, :] * self._attention("self_attn")(h, mask=mask, causal=causal)
+    if self.cross_attention:
+      if context is None:
+        raise ValueError("this block has cross_attention=True but was called without context")
+      h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
+      x = x + self._attention("cross_attn")(h, context, mask=context_mask)
+    h = modulate(affine_free_layer_norm("ln_mlp", self.dtype)(x), shift_mlp, scale_mlp)
+    return x + gate_mlp[:, None, :] * MlpBlock(
+        self.mlp_dim, self.dtype, self.param_dtype, gelu_approximate=self.gelu_approximate,
+        name="mlp")(h)
 
 
 class Transformer(nn.Module):
@@ -122,7 +174,8 @@ class Transformer(nn.Module):
   Attributes:
     remat: rematerialise each block in the backward pass (`nn.remat`), trading compute for
       activation memory.
-    decoder_attention, context_optional: see `TransformerBlock`.
+    decoder_attention, context_optional, adaptive_norm: see `TransformerBlock`.
+    final_norm: end with a LayerNorm ("ln_final"); a DiT applies its own modulated norm.
   """
   num_layers: int
   num_heads: int
@@ -136,14 +189,17 @@ class Transformer(nn.Module):
   gelu_approximate: bool = True
   decoder_attention: str | None = None
   context_optional: bool = False
+  adaptive_norm: bool = False
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
                mask: jax.Array | None = None, context_mask: jax.Array | None = None,
                causal: bool = False, positions: jax.Array | None = None,
-               decoder: bool = False) -> jax.Array:
+               decoder: bool = False, condition: jax.Array | None = None) -> jax.Array:
     """`[B, T, D] -> [B, T, D]`; `positions` int `[B, T]` are KV-cache slots (decode mode);
-    `decoder` runs every block's causal `decoder_attention` instead of its "self_attn"."""
+    `decoder` runs every block's causal `decoder_attention` instead of its "self_attn";
+    `condition` `[B, Dc]` is every block's adaLN input (with `adaptive_norm`)."""
     # `causal` and `decoder` are Python bools: arguments 5 and 7 counting `self`, as nn.remat
     # numbers them.
     block_cls = (nn.remat(TransformerBlock, static_argnums=(5, 7)) if self.remat
@@ -153,6 +209,9 @@ class Transformer(nn.Module):
                         self.param_dtype, self.attention_impl, self.decode,
                         gelu_approximate=self.gelu_approximate,
                         decoder_attention=self.decoder_attention,
-                        context_optional=self.context_optional, name=f"block_{i}")
-      x = block(x, context, mask, context_mask, causal, positions, decoder)
+                        context_optional=self.context_optional,
+                        adaptive_norm=self.adaptive_norm, name=f"block_{i}")
+      x = block(x, context, mask, context_mask, causal, positions, decoder, condition)
+    if not self.final_norm:
+      return x
     return layer_norm("ln_final", self.dtype, self.param_dtype)(x)

@@ -99,7 +99,12 @@ def _check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           devices=None, progress: bool = True) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Each train.jsonl row has `examples_per_sec` (since the previous row) and `wall_s`: seconds
+  since this call began (setup and compilation included; a resumed run counts from 0 again).
+  """
+  began = time.perf_counter()
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
@@ -152,7 +157,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
       now = time.perf_counter()
       rate = config.batch_size * (done - last_log_step) / max(now - last_log_time, 1e-9)
       last_log_time, last_log_step = now, done
-      writer.write("train", done, {**host, "examples_per_sec": rate})
+      writer.write("train", done, {**host, "examples_per_sec": rate,
+                                   "wall_s": round(now - began, 2)})
       bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{rate:.0f}")
 
   step, preempted = start, False

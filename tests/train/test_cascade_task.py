@@ -25,12 +25,15 @@ TINY = [
     "batch_size=8", "total_steps=2", "log_every=1", "eval_every=2", "checkpoint_every=1000",
     "data.image_size=16", "data.context_length=12", "superres.low_res_size=8",
     # One level and no attention: compile time dominates, and each would double it.
-    "model.unet.channels=(8,)", "model.unet.num_res_blocks=1", "model.unet.num_groups=4",
-    "model.unet.attention_levels=()", "model.unet.mid_attention=False", "model.text.width=16",
+    "model.denoiser.channels=(8,)", "model.denoiser.num_res_blocks=1",
+    "model.denoiser.num_groups=4", "model.denoiser.attention_levels=()",
+    "model.denoiser.mid_attention=False", "model.text.width=16",
     "model.text.num_layers=1", "model.text.num_heads=2", "optim.warmup_steps=1",
     "eval.batch_size=8", "eval.times=(0.2,0.8)",
     "sample.prompts=('a red circle.','a blue square.')",
     "sample.steps=2", "sample.zoom=1",
+    # The hand-written guided DDIM below is in eps form.
+    "diffusion.prediction=eps",
 ]
 BASE = ["task=diffusion", "data.image_size=8"]
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -76,7 +79,7 @@ def test_training_runs_evaluates_and_writes_the_superres_grid(trained):
   assert get_task_class("superres") is SuperResolutionTask
   assert set(result.eval_metrics) == {"eval_mse_t0.2", "eval_mse_t0.8", "eval_mse"}
   assert all(np.isfinite(v) and v > 0 for v in result.eval_metrics.values())
-  unet = result.state.params["unet"]
+  unet = result.state.params["denoiser"]
   assert unet["conv_in"]["kernel"].shape[2] == 6  # x_t and the low-res image, concatenated
   assert "aug_fc1" in unet
   # 2 test images x [upsampled, SR, original] of 16 px, padding 2.
@@ -151,7 +154,7 @@ def test_sr_output_depends_on_the_low_res_image_and_the_aug_level(sr):
 _NETWORKS = {}
 
 
-def _guided_ddim_by_hand(task, params, tokens, x, times, guidance, **unet_inputs):
+def _guided_ddim_by_hand(task, params, tokens, x, times, guidance, **denoiser_inputs):
   """Two-call classifier-free guidance around the null context and DDIM with x0 clipped to
   [-1, 1], written out step by step; the network is the only thing taken from the task."""
   model = task.model
@@ -166,8 +169,8 @@ def _guided_ddim_by_hand(task, params, tokens, x, times, guidance, **unet_inputs
   for i in range(len(times) - 1):
     t = np.full(len(x), times[i], np.float32)
     x32 = x.astype(np.float32)
-    eps_cond = np.asarray(denoise(params, x32, t, context, mask, **unet_inputs), np.float64)
-    eps_null = np.asarray(denoise(params, x32, t, null, all_true, **unet_inputs), np.float64)
+    eps_cond = np.asarray(denoise(params, x32, t, context, mask, **denoiser_inputs), np.float64)
+    eps_null = np.asarray(denoise(params, x32, t, null, all_true, **denoiser_inputs), np.float64)
     eps = eps_null + guidance * (eps_cond - eps_null)
     x0 = np.clip((x - sigmas[i] * eps) / alphas[i], -1.0, 1.0)
     x = alphas[i + 1] * x0 + sigmas[i + 1] * (x - alphas[i] * x0) / sigmas[i]

@@ -76,17 +76,18 @@ def test_every_config_derives_from_common_and_documents_its_command(path):
   docstring = ast.get_docstring(tree)
   assert docstring and f"--config configs/{path.name}" in docstring
   imported = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
-  assert imported & {"common", "ddpm_shapeworld", "clip_shapeworld"}, imported
+  assert imported & {"common", "t2i_shapeworld", "clip_shapeworld"}, imported
   assert "load_config" not in path.read_text()  # parents are imported, not loaded by path
 
 
 def test_derived_configs_import_their_parent_from_anywhere(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # configs/ is found through the file's folder, not the cwd
-  ddpm = load_config(ROOT / "configs" / "ddpm_shapeworld.py")
+  pixel = load_config(f"{ROOT / 'configs' / 't2i_shapeworld.py'}:unet")
   ldm = load_config(ROOT / "configs" / "ldm_shapeworld.py")
-  assert ldm.model.unet.attention_levels == (0, 1) and ddpm.model.unet.attention_levels == (1,)
-  assert ldm.optim == ddpm.optim and ldm.model.text == ddpm.model.text
-  assert "common" not in sys.modules and "ddpm_shapeworld" not in sys.modules
+  assert ldm.model.denoiser.attention_levels == (0, 1)
+  assert pixel.model.denoiser.attention_levels == (1,)
+  assert ldm.optim == pixel.optim and ldm.model.text == pixel.model.text
+  assert "common" not in sys.modules and "t2i_shapeworld" not in sys.modules
 
 
 def test_blip_is_clip_but_for_its_model_loss_weights_and_evals():

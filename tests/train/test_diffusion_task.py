@@ -1,9 +1,11 @@
 """The diffusion task through the one trainer, and `mmjax sample` on a tiny trained workdir."""
 import functools
+import time
 
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
@@ -18,12 +20,12 @@ from mmjax.train.trainer import train
 
 from conftest import ROOT
 
-CONFIG = ROOT / "configs" / "ddpm_shapeworld.py"
+CONFIG = f"{ROOT / 'configs' / 't2i_shapeworld.py'}:unet"
 TINY = [
     "batch_size=8", "total_steps=4", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
     "data.image_size=16", "data.context_length=12",
-    "model.unet.channels=(8,16)", "model.unet.num_res_blocks=1", "model.unet.num_groups=4",
-    "model.unet.num_heads=2", "model.unet.mid_attention=False", "model.text.width=16",
+    "model.denoiser.channels=(8,16)", "model.denoiser.num_res_blocks=1",
+    "model.denoiser.num_groups=4", "model.denoiser.num_heads=2", "model.denoiser.mid_attention=False", "model.text.width=16",
     "model.text.num_layers=1", "model.text.num_heads=2",
     "optim.warmup_steps=1", "optim.learning_rate=0.003",
     "eval.batch_size=8", "eval.times=(0.2,0.8)",
@@ -46,7 +48,9 @@ def trained(tmp_path_factory):
   """A 1-device tiny run with eval, checkpoint and the end-of-run sample grid."""
   workdir = tmp_path_factory.mktemp("ddpm")
   config = tiny_config("eval_every=4", "checkpoint_every=4")
+  began = time.perf_counter()
   result = train(config, workdir, devices=jax.devices()[:1], progress=False)
+  result.wall_s = time.perf_counter() - began
   return config, workdir, result
 
 
@@ -54,10 +58,13 @@ def test_training_runs_evaluates_and_writes_samples(trained):
   config, workdir, result = trained
   losses = _losses(workdir)
   assert len(losses) == 4 and np.all(np.isfinite(losses)) and np.all(losses > 0)
+  # wall_s: seconds since train() began, rising, within the call's own measured duration.
+  wall = [r["wall_s"] for r in read_jsonl(workdir / "train.jsonl")]
+  assert 0 < wall[0] and np.all(np.diff(wall) > 0) and wall[-1] <= result.wall_s, wall
   assert set(result.eval_metrics) == {"eval_mse_t0.2", "eval_mse_t0.8", "eval_mse"}
   assert all(np.isfinite(v) and v > 0 for v in result.eval_metrics.values())
   # conv_out and every ResBlock's conv2 start at exactly zero (unet.py): training moved them.
-  unet = result.state.params["unet"]
+  unet = result.state.params["denoiser"]
   assert np.abs(np.asarray(unet["conv_out"]["kernel"])).max() > 0
   assert np.abs(np.asarray(unet["down_0_res_0"]["conv2"]["kernel"])).max() > 0
   assert np.isfinite(np.asarray(result.state.params["null_context"])).all()
@@ -99,7 +106,7 @@ def test_eight_device_mesh_shards_params_and_gives_the_same_loss(trained):
   specs = {jax.tree_util.keystr(path): s.spec for path, s in
            jax.tree_util.tree_leaves_with_path(shardings)}
   sharded = [name for name, spec in specs.items() if "fsdp" in jax.tree.leaves(tuple(spec))]
-  assert any("unet" in name and "conv" in name for name in sharded), sorted(specs)[:10]
+  assert any("denoiser" in name and "conv" in name for name in sharded), sorted(specs)[:10]
   assert any("text" in name for name in sharded)
   params = jax.device_put(result.state.params, shardings)
   batch = next(task.train_batches(0, 1))
@@ -163,6 +170,36 @@ def test_bad_batches_and_config_fail_clearly():
     DiffusionTask(tiny_config("diffusion.schedule=sigmoid"))
   with pytest.raises(ValueError, match="unknown sampler"):
     task.sample(None, ["a red circle"], sampler="plms")
+  with pytest.raises(ValueError, match="prompt 'zebra okapi' has no word the model knows"):
+    task.sample(None, ["a red circle", "zebra okapi"])
+  with pytest.raises(ValueError, match=r"model.denoiser must be a dict whose name is one of "
+                                       r"\('unet', 'dit'\), got 'vit'"):
+    DiffusionTask(tiny_config("model.denoiser.name=vit"))
+
+
+def test_dit_denoiser_trains_through_the_task():
+  """`model.denoiser.name=dit` builds a DiT inside the same task; its loss falls on one batch."""
+  config = load_config(ROOT / "configs" / "t2i_shapeworld.py")
+  config = apply_overrides(config, [
+      "data.image_size=16", "data.context_length=12", "model.denoiser.width=32",
+      "model.denoiser.num_layers=2", "model.denoiser.num_heads=2", "model.text.width=16",
+      "model.text.num_layers=1", "model.text.num_heads=2", "diffusion.cfg_dropout=0.0"])
+  task = DiffusionTask(config)
+  params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
+  assert set(params["denoiser"]) >= {"patch_embed", "transformer", "final_proj", "pooled_text"}
+  assert params["denoiser"]["patch_embed"]["kernel"].shape == (4 * 4 * 3, 32)
+  batch = next(task.train_batches(0, 1))
+  batch = {k: v[:8] for k, v in batch.items()}
+  optimizer = optax.adam(3e-3)
+  grad_fn = fast_jit(jax.value_and_grad(lambda p: task.loss_fn(p, batch, jax.random.key(1))[0]))
+  state, losses = optimizer.init(params), []
+  for _ in range(30):
+    loss, grads = grad_fn(params)
+    updates, state = optimizer.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    losses.append(float(loss))
+  # Same rng every step: the same noise and times, so the loss is a fixed function to fit.
+  assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_image_grid_layout(tmp_path):
@@ -196,13 +233,13 @@ def test_latent_diffusion_on_a_trained_autoencoder(trained_autoencoder):
   recon, _ = ae_apply({"params": ae.state.params}, images[:4] * 2 - 1)
   np.testing.assert_allclose(space.decode(space.encode(images[:4])),
                              np.clip((recon + 1) / 2, 0, 1), atol=1e-5)
-  assert jax.eval_shape(task.init_params, jax.random.key(0))["unet"]["conv_in"][
+  assert jax.eval_shape(task.init_params, jax.random.key(0))["denoiser"]["conv_in"][
       "kernel"].value.shape[2] == 4  # latent channels in
   params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
   batch = {"image": images[:8], "text": task.tokenizer.encode_batch(["a red circle."] * 8, 12)}
   loss, _ = fast_jit(task.loss_fn)(params, batch, jax.random.key(1))
   assert np.isfinite(loss)
   # The autoencoder is frozen: no gradient reaches it (its weights are constants, not params).
-  assert set(params) == {"text", "unet", "null_context"}
+  assert set(params) == {"text", "denoiser", "null_context"}
   samples = task.sample(params, ["a red circle."], num_samples=2, steps=2, sampler="ddim")
   assert samples.shape == (2, 16, 16, 3) and 0.0 <= samples.min() and samples.max() <= 1.0

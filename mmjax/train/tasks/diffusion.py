@@ -1,12 +1,12 @@
-"""Text-to-image diffusion training (a text-conditioned UNet denoiser) on ShapeWorld.
+"""Text-to-image diffusion training (a text-conditioned UNet or DiT denoiser) on ShapeWorld.
 
-The model is a `TextToImageDenoiser` (mmjax/models/text_to_image.py): a `UNet` that
-cross-attends to the per-token outputs of a `TextTransformer` trained jointly with it, plus a
-learned null context used for classifier-free guidance: with probability
-`diffusion.cfg_dropout` an example's text context is replaced by it in training.
+The model is a `TextToImageDenoiser` (mmjax/models/text_to_image.py): a `UNet` or `DiT`
+(`model.denoiser.name`) that cross-attends to the per-token outputs of a `TextTransformer`
+trained jointly with it, plus a learned null context used for classifier-free guidance: with
+probability `diffusion.cfg_dropout` an example's text context is replaced by it in training.
 
 With an `autoencoder` config section naming a trained autoencoder run (`autoencoder.workdir`),
-the same task is Stable-Diffusion-style latent diffusion: the UNet denoises the frozen
+the same task is Stable-Diffusion-style latent diffusion: the denoiser works on the frozen
 autoencoder's scaled latents and samples are decoded back to images (`diffusion_spaces`).
 
 `evaluate` is deliberately cheap: the denoising loss on a fixed held-out batch at a few fixed
@@ -32,7 +32,7 @@ from mmjax.data.shapeworld_inputs import (check_images, check_tokens, shapeworld
                                           text_tower_fields)
 from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.models import build_model
-from mmjax.models.text_to_image import TextToImageDenoiser
+from mmjax.models.text_to_image import DENOISERS, TextToImageDenoiser
 from mmjax.train import sharding
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.diffusion_spaces import PixelSpace, load_latent_space
@@ -55,9 +55,13 @@ class DiffusionTask(Task):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     self.tokenizer = shapeworld_tokenizer()
+    denoiser = config.model.get("denoiser")
+    if not hasattr(denoiser, "get") or denoiser.get("name") not in DENOISERS:
+      raise ValueError(f"model.denoiser must be a dict whose name is one of {DENOISERS}, got "
+                       f"{denoiser.get('name') if hasattr(denoiser, 'get') else denoiser!r}")
     self._model = build_model(
         config.model, text=text_tower_fields(self.tokenizer, config.data.context_length),
-        unet=dict(context_dim=config.model.text.width, **self._unet_extras()))
+        denoiser=dict(context_dim=config.model.text.width, **self._denoiser_extras()))
     self.schedule = build_schedule(config.diffusion)
     cfg = config.diffusion
     parameterization.check_prediction(cfg.prediction)
@@ -103,13 +107,13 @@ class DiffusionTask(Task):
 
   # -- model ----------------------------------------------------------------------------------
 
-  def _unet_extras(self) -> dict[str, Any]:
-    """`UNet` fields this task fixes, besides the text context's width (none for
+  def _denoiser_extras(self) -> dict[str, Any]:
+    """Denoiser fields this task fixes, besides the text context's width (none for
     text-to-image; a super-resolution stage's low-res input)."""
     return {}
 
   def _extra_condition(self, x0: jax.Array, key: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """UNet inputs besides x_t, t and the text for clean data `x0 [B, ...]` (none for
+    """Denoiser inputs besides x_t, t and the text for clean data `x0 [B, ...]` (none for
     text-to-image; a super-resolution stage adds its noise-augmented low-res image)."""
     del x0, key, train
     return {}
@@ -269,6 +273,12 @@ class DiffusionTask(Task):
       return None, int(num_samples)
     if isinstance(prompts, str) or not len(prompts):
       raise ValueError(f"prompts must be a non-empty list of str (or None), got {prompts!r}")
+    unknown = [p for p in prompts
+               if all(i == self.tokenizer.unk_id for i in self.tokenizer.encode(p))]
+    if unknown:
+      raise ValueError(f"prompt {unknown[0]!r} has no word the model knows (every word maps to "
+                       f"the unknown token); use words of its vocabulary, e.g. "
+                       f"{self.config.sample.prompts[0]!r}")
     length = self.config.data.context_length
     tokens = np.repeat(self.tokenizer.encode_batch(list(prompts), length), num_samples, axis=0)
     return tokens, len(tokens)

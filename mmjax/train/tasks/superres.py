@@ -1,10 +1,10 @@
-"""Imagen-style super-resolution stage: a text-conditioned UNet at the high resolution that also
-sees the image at a low resolution (area-downsampled in training, a base model's sample in a
-cascade).
+"""Imagen-style super-resolution stage: a text-conditioned UNet or DiT at the high resolution
+that also sees the image at a low resolution (area-downsampled in training, a base model's
+sample in a cascade).
 
 Noise conditioning augmentation (Ho et al. 2021, Imagen): in training the upsampled low-res
 image is noised with `q_sample` to a random level in [0, superres.max_aug_level] and the level
-is given to the UNet (`aug_level`), so that at sampling time the stage tolerates the base
+is given to the denoiser (`aug_level`), so that at sampling time the stage tolerates the base
 stage's artefacts; evaluation and sampling use the fixed level `superres.aug_level`. The text
 condition is dropped for classifier-free guidance exactly as in `DiffusionTask`; the low-res
 image never is.
@@ -43,7 +43,7 @@ def area_downsample(images: jax.Array, size: int) -> jax.Array:
 
 def low_res_condition(schedule: diffusion.Schedule, x0: jax.Array, low_res_size: int,
                       aug_level: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
-  """The SR UNet's conditioning for clean high-res data `x0 [B, H, W, C]`.
+  """The SR denoiser's conditioning for clean high-res data `x0 [B, H, W, C]`.
 
   x0 is area-downsampled to `low_res_size`, upsampled back (bilinear, as `sample_cascade`
   upsamples a base sample) and noised to time `aug_level [B]` of `schedule`.
@@ -57,12 +57,12 @@ def low_res_condition(schedule: diffusion.Schedule, x0: jax.Array, low_res_size:
   return {"low_res": diffusion.q_sample(schedule, up, aug_level, noise), "aug_level": aug_level}
 
 
-def cascade_keywords_to_unet(denoise_fn):
-  """Maps `sample_cascade`'s stage keywords (`low_res`, `low_res_t`) onto the UNet's
-  (`low_res`, `aug_level`): the augmentation time is the level the UNet was trained with."""
-  def unet_denoise_fn(x_t, t, *, low_res, low_res_t, **cond):
+def cascade_keywords_to_denoiser(denoise_fn):
+  """Maps `sample_cascade`'s stage keywords (`low_res`, `low_res_t`) onto the denoiser's
+  (`low_res`, `aug_level`): the augmentation time is the level it was trained with."""
+  def stage_denoise_fn(x_t, t, *, low_res, low_res_t, **cond):
     return denoise_fn(x_t, t, low_res=low_res, aug_level=low_res_t, **cond)
-  return unet_denoise_fn
+  return stage_denoise_fn
 
 
 def _bind(denoise_fn, cond: dict):
@@ -79,13 +79,13 @@ def cascade_stage(task: DiffusionTask, params, tokens, count: int, guidance, *, 
   `[count, L]` (None: unconditional); `stage_kwargs` go to `CascadeStage` (noise_aug_t).
 
   A super-resolution task's denoiser gets the cascade's keywords through
-  `cascade_keywords_to_unet`; a text-to-image task's is a base stage (no low-res input)."""
+  `cascade_keywords_to_denoiser`; a text-to-image task's is a base stage (no low-res input)."""
   denoise, cond = task._guided_denoiser(params, tokens, count, guidance)
   options = task._sampler_options()
   prediction = options.pop("prediction")
   denoise = _bind(denoise, cond)
   if isinstance(task, SuperResolutionTask):
-    denoise = cascade_keywords_to_unet(denoise)
+    denoise = cascade_keywords_to_denoiser(denoise)
   return diffusion.CascadeStage(denoise, task.schedule, task.space.shape, sampler=sampler,
                                 num_steps=steps, prediction=prediction, sample_kwargs=options,
                                 **stage_kwargs)
@@ -142,7 +142,7 @@ class SuperResolutionTask(DiffusionTask):
         raise ValueError(f"superres.{key} must be in [0, 1), got {sr[key]}")
     self._base = None
 
-  def _unet_extras(self) -> dict[str, Any]:
+  def _denoiser_extras(self) -> dict[str, Any]:
     return {"low_res_channels": 3, "aug_level_embedding": True}
 
   def _extra_condition(self, x0, key, train):
