@@ -80,14 +80,17 @@ def test_eval_is_deterministic_and_matches_a_recompute(trained):
   params = result.state.params
   first, second = task.evaluate(params, mesh), task.evaluate(params, mesh)
   assert first == second
-  # Independent recompute of the t = 0.8 MSE (eps prediction) by plain numpy.
+  # Independent recompute of the t = 0.8 MSE (the config's v prediction) by plain numpy.
+  assert config.diffusion.prediction == "v"
   data = task._eval_data()
   alpha, sigma = (float(v) for v in task.schedule.alpha_sigma(np.float32(0.8)))
-  x_t = alpha * (2.0 * data["image"] - 1.0) + sigma * data["noise"]
+  x0 = 2.0 * data["image"] - 1.0
+  x_t = alpha * x0 + sigma * data["noise"]
+  v_target = alpha * data["noise"] - sigma * x0
   forward = jax.jit(lambda p, x, tokens: task._denoise_fn(p)(
       x, np.full(8, 0.8, np.float32), **task._condition(p, tokens)[0]))
   out = np.asarray(forward(params, x_t.astype(np.float32), data["text"]))
-  np.testing.assert_allclose(first["eval_mse_t0.8"], np.mean((out - data["noise"]) ** 2),
+  np.testing.assert_allclose(first["eval_mse_t0.8"], np.mean((out - v_target) ** 2),
                              rtol=1e-4)
 
 
