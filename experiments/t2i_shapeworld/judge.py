@@ -96,20 +96,14 @@ def _accuracies(pred: np.ndarray, target: np.ndarray, prefix: str) -> dict[str, 
 
 
 def _train_wall_seconds(workdir: pathlib.Path, step: int) -> tuple[float | None, str]:
-  """(wall-clock seconds the run took to reach `step`, where that figure comes from).
-
-  From train.jsonl's `wall_s` at `step` when the trainer logged it; otherwise the checkpoint
-  folder's modification time minus config.json's (written when the run started)."""
+  """(wall-clock seconds the run took to reach `step`, where that figure comes from): the
+  trainer's `wall_s` at `step` in train.jsonl, or None when it was not logged there."""
   rows = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()
           if line.strip()] if (workdir / "train.jsonl").is_file() else []
   logged = [r["wall_s"] for r in rows if r.get("step") == step and "wall_s" in r]
   if logged:
     return float(logged[-1]), "train.jsonl wall_s"
-  checkpoint = workdir / "checkpoints" / str(step)
-  if checkpoint.is_dir() and (workdir / "config.json").is_file():
-    seconds = checkpoint.stat().st_mtime - (workdir / "config.json").stat().st_mtime
-    return round(seconds, 1), "checkpoint mtime - config.json mtime"
-  return None, "unknown"
+  return None, "not logged"
 
 
 def _checkpoint_steps(workdir: pathlib.Path, which: str) -> list[int]:
