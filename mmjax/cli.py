@@ -1,15 +1,40 @@
-"""`mmjax train|eval|sample ...`: the command-line entry point."""
+"""`mmjax train|eval|sample ...`: the command-line entry point.
+
+Every user error (a bad argument, config, data file, checkpoint or workdir) ends as one
+`mmjax: error: ...` line on stderr and exit status 2; a run that stops on a fault of its
+machine or numbers (a full disk, a NaN loss) prints one line and exits 1; a run stopped by
+SIGTERM exits 143 after saving. `--debug` (or MMJAX_DEBUG=1) prints the traceback too.
+mmjax's own bugs keep their traceback.
+"""
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import pathlib
 import sys
+import traceback
+
+from mmjax.errors import MmjaxError, RunFault
+
+# Builtin errors that mmjax raises for bad input (and library code raises for bad arguments);
+# anything else escaping a command is a bug and keeps its traceback.
+USER_ERROR_TYPES = (MmjaxError, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+                    IsADirectoryError, PermissionError)
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with its usage errors as one `mmjax: error:` line (exit 2)."""
+
+  def error(self, message):
+    self.exit(2, f"mmjax: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parse(argv):
-  parser = argparse.ArgumentParser(prog="mmjax", description=__doc__)
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = _Parser(prog="mmjax", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--debug", action="store_true",
+                      help="print the traceback of an error (also: MMJAX_DEBUG=1)")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   for name, help_text in (("train", "train (or resume) a config in a workdir"),
                           ("eval", "evaluate the latest checkpoint of a workdir and write the "
                                    "metrics to WORKDIR/eval/step_N.json")):
@@ -21,6 +46,7 @@ def _parse(argv):
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host runs)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
   p = sub.add_parser("sample", help="write a PNG grid of samples from the latest checkpoint",
                      epilog="Defaults for --steps/--guidance/--sampler/--seed come from the "
                             "config's `sample` section; --config.KEY=VALUE overrides apply.")
@@ -35,6 +61,7 @@ def _parse(argv):
   p.add_argument("--sampler", default=None, help="ddim or dpmpp_2m (default: config)")
   p.add_argument("--seed", type=int, default=None, help="noise seed (default: config)")
   p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples_cli.png)")
+  p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -42,11 +69,6 @@ def _parse(argv):
       parser.error(f"unrecognised argument {item!r} (config overrides look like --config.KEY=VALUE)")
     overrides.append(item[len("--config."):])
   return args, overrides
-
-
-def _save_config(config, workdir: pathlib.Path) -> None:
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
 
 
 def print_table(metrics: dict[str, float]) -> None:
@@ -83,47 +105,58 @@ def sample_checkpoint(config, workdir: pathlib.Path, args) -> pathlib.Path:
   return out
 
 
-def main(argv=None) -> int:
-  args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+def _run(args, overrides) -> int:
   from mmjax.train.config import apply_overrides, load_config
-  try:
-    config = apply_overrides(load_config(args.config), overrides)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"mmjax: error: {e}", file=sys.stderr)
-    return 2
+  config = apply_overrides(load_config(args.config), overrides)
   import jax
   if getattr(args, "distributed", False):
     jax.distributed.initialize()
   workdir = pathlib.Path(args.workdir)
+  is_main = jax.process_index() == 0
   if args.command == "sample":
-    try:
-      path = sample_checkpoint(config, workdir, args)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"mmjax: error: {e}", file=sys.stderr)
-      return 2
-    if jax.process_index() == 0:
+    path = sample_checkpoint(config, workdir, args)
+    if is_main:
       print(f"wrote {path} (rows: {'; '.join(args.prompt)})")
     return 0
   if args.command == "train":
     from mmjax.train.trainer import train
-    if jax.process_index() == 0:
-      _save_config(config, workdir)
     result = train(config, workdir, progress=not args.no_progress)
-    if jax.process_index() == 0:
+    if is_main:
       print_table(result.eval_metrics)
     return 143 if result.preempted else 0
   from mmjax.train.eval_results import eval_record, write_eval_record
   from mmjax.train.trainer import evaluate_checkpoint
-  try:
-    metrics = evaluate_checkpoint(config, workdir)
-  except FileNotFoundError as e:
-    print(f"mmjax: error: {e}", file=sys.stderr)
-    return 2
-  if jax.process_index() == 0:
+  metrics = evaluate_checkpoint(config, workdir)
+  if is_main:
     print_table(metrics)
     record = eval_record(metrics, int(metrics["step"]), config, args.config, overrides)
     print(f"wrote {write_eval_record(workdir, record)}")
   return 0
+
+
+def error_line(error: BaseException) -> str:
+  """`mmjax: error: <message>` on one line (a KeyError's message without its quotes)."""
+  message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  message = " ".join(str(message).split()) or type(error).__name__
+  return f"mmjax: error: {message}"
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args, overrides = _parse(argv)
+  debug = args.debug or os.environ.get("MMJAX_DEBUG", "") not in ("", "0")
+  try:
+    return _run(args, overrides)
+  except RunFault as e:
+    code = 1
+    error = e
+  except USER_ERROR_TYPES as e:
+    code = 2
+    error = e
+  if debug:
+    traceback.print_exception(error)
+  print(error_line(error), file=sys.stderr, flush=True)
+  return code
 
 
 if __name__ == "__main__":

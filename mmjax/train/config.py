@@ -60,6 +60,15 @@ def load_run_config(workdir: str | pathlib.Path, hint: str = "") -> ml_collectio
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def save_run_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  """Writes `<workdir>/config.json` (what `load_run_config` reads back), atomically."""
+  path = pathlib.Path(workdir) / "config.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name("config.json.tmp")
+  tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str))
+  tmp.replace(path)
+
+
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   """All leaf keys as dotted paths, e.g. ["batch_size", "model.image_encoder.width", ...]."""
   keys = []

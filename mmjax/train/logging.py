@@ -6,6 +6,8 @@ import math
 import pathlib
 from collections.abc import Mapping
 
+from mmjax.errors import MetricsWriteError
+
 
 def _jsonable(value):
   value = float(value) if hasattr(value, "__float__") else value
@@ -15,7 +17,10 @@ def _jsonable(value):
 
 
 class MetricWriter:
-  """Appends one JSON object per call to `<workdir>/<name>.jsonl` (and TensorBoard scalars)."""
+  """Appends one JSON object per call to `<workdir>/<name>.jsonl` (and TensorBoard scalars).
+
+  A failed append raises MetricsWriteError naming the file and the OS error.
+  """
 
   def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
     self.workdir = pathlib.Path(workdir)
@@ -33,8 +38,13 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-    with open(self.workdir / f"{name}.jsonl", "a") as f:
-      f.write(json.dumps(record) + "\n")
+    path = self.workdir / f"{name}.jsonl"
+    try:
+      with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      raise MetricsWriteError(f"cannot append step {int(step)} to {path} ({e.strerror or e})"
+                              ) from e
     if self._tb is not None:
       for k, v in record.items():
         if k != "step" and isinstance(v, float):

@@ -12,7 +12,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from mmjax.train import sharding
+from mmjax.errors import NoCheckpointError
+from mmjax.train import sharding, workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optim import make_optimizer
 from mmjax.train.state import build_state
@@ -30,27 +31,34 @@ class RestoredRun:
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                    step: int | None = None, devices=None) -> RestoredRun:
-  """Restores the params of checkpoint `step` (default: the latest) of the run in `workdir`.
+  """Restores the params of checkpoint `step` (default: the newest that restores) of the run
+  in `workdir`.
 
-  Raises FileNotFoundError (creating nothing on disk) if `workdir` has no checkpoint.
+  A newer checkpoint that does not restore is reported and skipped; it is renamed aside to
+  `<step>.corrupt` unless a live `mmjax train` holds the workdir (that run's files are left
+  alone). Raises NoCheckpointError (creating nothing on disk) if no checkpoint restores, and
+  CheckpointMismatchError if the checkpoints belong to another model than `config`'s.
   """
   workdir = pathlib.Path(workdir)
   directory = workdir / "checkpoints"
   if not directory.is_dir():  # Checkpointer would create it: check first.
-    raise FileNotFoundError(f"no checkpoint in {directory} (no such directory); train first "
+    raise NoCheckpointError(f"no checkpoint in {directory} (no such directory); train first "
                             f"with `mmjax train --workdir {workdir}`")
   mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
   task = get_task_class(config.task)(config)
   task.set_mesh(mesh)
   tx, _ = make_optimizer(config.optim, config.total_steps)
   _, abstract_state, _ = build_state(task, tx, config, mesh)
-  checkpointer = Checkpointer(directory, keep=config.keep_checkpoints)
+  checkpointer = Checkpointer(directory, keep=config.keep_checkpoints, writer=False)
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first with "
-                              f"`mmjax train --workdir {workdir}`")
-    state = checkpointer.restore_state(step, abstract_state)
+    had_any = bool(checkpointer.steps())
+    found = checkpointer.restore_latest(abstract_state, step=step,
+                                        set_aside=workdir_lib.holder(workdir) is None)
   finally:
     checkpointer.close()
+  if found is None:
+    restores = " restores (see the warnings above)" if had_any else ""
+    raise NoCheckpointError(f"no checkpoint in {checkpointer.directory}{restores}; train first "
+                            f"with `mmjax train --workdir {workdir}`")
+  step, state = found
   return RestoredRun(task=task, mesh=mesh, params=state.params, step=int(step))

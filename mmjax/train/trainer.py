@@ -18,8 +18,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from mmjax.train import sharding
-from mmjax.train.checkpoint import Checkpointer
+from mmjax.errors import CheckpointSaveError, RunFault
+from mmjax.train import sharding, workdir as workdir_lib
+from mmjax.train.checkpoint import Checkpointer, warn
+from mmjax.train.config import save_run_config
 from mmjax.train.logging import MetricWriter
 from mmjax.train.optim import make_optimizer
 from mmjax.train.restore import RestoredRun, restore_params  # noqa: F401 (re-exported)
@@ -28,7 +30,7 @@ from mmjax.train.tasks import get_task_class
 from mmjax.train.warm_start import warm_start
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunFault, FloatingPointError):
   """The loss became NaN/inf; the last good checkpoint is kept on disk."""
 
 
@@ -99,7 +101,13 @@ def _check_finite(value: float, step: int, checkpointer: Checkpointer) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           devices=None, progress: bool = True) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+  """Trains `config` in `workdir`, resuming from its newest checkpoint that restores.
+
+  Writes `<workdir>/config.json` (the config warm start and `load_run_config` read back).
+  Holds `<workdir>/train.lock` while it runs (WorkdirInUseError if another live run holds it)
+  and checks the workdir writable before step 0. A checkpoint that does not restore is
+  renamed aside (see `checkpoint.Checkpointer.restore_latest`); a failed save or metrics
+  write stops the run with a RunFault naming the path, keeping the last good checkpoint.
 
   Each train.jsonl row has `examples_per_sec` (since the previous row) and `wall_s`: seconds
   since this call began (setup and compilation included; a resumed run counts from 0 again).
@@ -111,6 +119,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   validate_config(config, mesh)
   task = get_task_class(config.task)(config)
   task.set_mesh(mesh)
+  make_data_iter = lambda: task.train_batches(jax.process_index(), jax.process_count())
+  data_iter = make_data_iter()  # Bad data settings fail here, before the workdir is touched.
+  with workdir_lib.hold(workdir, enabled=is_main) as lock:
+    workdir_lib.check_writable(workdir / "checkpoints")
+    if is_main:  # Under the lock: a second run must not overwrite the holder's config.
+      save_run_config(config, workdir)
+    return _train_in(config, workdir, mesh, task, data_iter, make_data_iter, lock, began,
+                     progress)
+
+
+def _data_counts(data_iter) -> dict[str, int]:
+  """The pipeline's bad-example counts (`data.on_bad_example="skip"`), else nothing."""
+  bad_examples = getattr(data_iter, "bad_examples", None)
+  return bad_examples.counts() if bad_examples is not None else {}
+
+
+def _restore_or_init(config, checkpointer, abstract_state, init_fn, data_iter, make_data_iter,
+                     mesh, state_shardings, is_main):
+  """(start step, state, data iterator): the newest good checkpoint, else a fresh (or warm
+  started) state."""
+  had_checkpoints = bool(checkpointer.steps())
+  found = checkpointer.restore_latest(abstract_state, data_iter, set_aside=True,
+                                      warn=warn if is_main else (lambda message: None))
+  if found is not None:
+    start, state = found
+    if is_main:
+      print(f"Resumed from {checkpointer.directory / str(start)}")
+    return start, state, data_iter
+  if had_checkpoints:
+    if is_main:
+      warn(f"no checkpoint in {checkpointer.directory} restores: training from step 0")
+    data_iter = make_data_iter()  # A failed restore may have moved the iterator.
+  state = init_fn()
+  init_from = config.get("init_from")
+  if init_from is not None and init_from.get("workdir"):
+    params, lines = warm_start(state.params, init_from, mesh, state_shardings.params)
+    state = state.replace(params=params)
+    if is_main:
+      print("\n".join(lines))
+  return 0, state, data_iter
+
+
+def _train_in(config, workdir, mesh, task, data_iter, make_data_iter, lock, began,
+              progress) -> TrainResult:
+  is_main = jax.process_index() == 0
   tx, schedule = make_optimizer(config.optim, config.total_steps)
   init_fn, abstract_state, state_shardings = build_state(task, tx, config, mesh)
 
@@ -121,21 +174,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        donate_argnums=0)
 
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  data_iter = task.train_batches(jax.process_index(), jax.process_count())
-  start = checkpointer.latest_step()
   try:
-    if start is None:
-      start, state = 0, init_fn()
-      init_from = config.get("init_from")
-      if init_from is not None and init_from.get("workdir"):
-        params, lines = warm_start(state.params, init_from, mesh, state_shardings.params)
-        state = state.replace(params=params)
-        if is_main:
-          print("\n".join(lines))
-    else:
-      state = checkpointer.restore(start, abstract_state, data_iter)
-      if is_main:
-        print(f"Resumed from {checkpointer.directory / str(start)}")
+    start, state, data_iter = _restore_or_init(
+        config, checkpointer, abstract_state, init_fn, data_iter, make_data_iter, mesh,
+        state_shardings, is_main)
   except BaseException:
     checkpointer.close()
     raise
@@ -153,6 +195,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     host = sharding.to_host(metrics)
     _check_finite(float(host["loss"]), done, checkpointer)
     window_losses.append(float(host["loss"]))
+    if lock is not None:
+      lock.touch()
     if done % config.log_every == 0:
       now = time.perf_counter()
       rate = config.batch_size * (done - last_log_step) / max(now - last_log_time, 1e-9)
@@ -161,7 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                    "wall_s": round(now - began, 2)})
       bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{rate:.0f}")
 
-  step, preempted = start, False
+  step, preempted, failed = start, False, True
   try:
     with _StopFlag() as stop:
       while step < config.total_steps:
@@ -183,7 +227,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           pending = None
         if do_eval:
           eval_metrics = task.evaluate(state.params, mesh)
-          record = {"loss": float(np.mean(window_losses)), **eval_metrics}
+          record = {"loss": float(np.mean(window_losses)), **eval_metrics,
+                    **_data_counts(data_iter)}
           window_losses.clear()
           writer.write("metrics", step, record)
           if is_main:
@@ -199,11 +244,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     if not preempted:
       for path in task.write_artifacts(state.params, mesh, workdir):
         bar.write(f"wrote {path}")
+    failed = False
   finally:
     bar.close()
     writer.close()
-    checkpointer.wait()
-    checkpointer.close()
+    try:
+      checkpointer.wait()  # Saves in flight finish before the process may exit.
+    except CheckpointSaveError:
+      if not failed:
+        raise  # Otherwise the error already propagating says what went wrong first.
+    finally:
+      checkpointer.close()
   return TrainResult(step=step, eval_metrics=eval_metrics, preempted=preempted, state=state)
 
 

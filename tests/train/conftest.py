@@ -47,14 +47,12 @@ def tiny_autoencoder_config(*extra):
 
 @pytest.fixture(scope="session")
 def trained_autoencoder(tmp_path_factory):
-  """(config, workdir, TrainResult) of 3 tiny autoencoder steps, with config.json as `mmjax
-  train` writes it (latent diffusion reads the run back from its workdir)."""
-  from mmjax import cli
+  """(config, workdir, TrainResult) of 3 tiny autoencoder steps, with the config.json `train`
+  writes (latent diffusion reads the run back from its workdir)."""
   from mmjax.train.trainer import train
   workdir = tmp_path_factory.mktemp("autoencoder")
   config = tiny_autoencoder_config()
   result = train(config, workdir, devices=jax.devices()[:1], progress=False)
-  cli._save_config(config, workdir)
   return config, workdir, result
 
 

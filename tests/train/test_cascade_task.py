@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax import cli, diffusion
+from mmjax import diffusion
 from mmjax.models.text_to_image import TextToImageDenoiser
-from mmjax.train.config import apply_overrides, load_config
+from mmjax.train.config import apply_overrides, load_config, save_run_config
 from mmjax.train.tasks import get_task_class
 from mmjax.train.tasks.diffusion import DiffusionTask
 from mmjax.train.tasks.superres import (SuperResolutionTask, area_downsample, load_base_stage,
@@ -287,11 +287,11 @@ def test_base_stage_errors_name_the_problem(tmp_path):
     load_base_stage(apply_overrides(cascade, [f"base_workdir={tmp_path / 'none'}"]), 8)
   runs = {"superres": tiny_config(), "wrong_size": tiny_config("task=diffusion")}
   for name, config in runs.items():
-    cli._save_config(config, tmp_path / name)
+    save_run_config(config, tmp_path / name)
   with pytest.raises(ValueError, match="holds a 'superres' run, expected a 'diffusion' run"):
     load_base_stage(apply_overrides(cascade, [f"base_workdir={tmp_path / 'superres'}"]), 8)
   with pytest.raises(ValueError, match="makes 16 px images but superres.low_res_size=8"):
     load_base_stage(apply_overrides(cascade, [f"base_workdir={tmp_path / 'wrong_size'}"]), 8)
-  cli._save_config(tiny_config(*BASE), tmp_path / "untrained")
+  save_run_config(tiny_config(*BASE), tmp_path / "untrained")
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     load_base_stage(apply_overrides(cascade, [f"base_workdir={tmp_path / 'untrained'}"]), 8)

@@ -1,11 +1,7 @@
 """End-to-end runs of the one trainer: outputs, resume, preemption, bad input."""
-import contextlib
 import json
 import os
-import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import grain
@@ -23,7 +19,9 @@ from mmjax.train.state import TrainState
 from mmjax.train.tasks.contrastive import ContrastiveTask
 from mmjax.train.trainer import NonFiniteLossError, evaluate_checkpoint, train
 
-from conftest import CONFIG, ROOT, TINY, tiny_config
+from conftest import CONFIG, tiny_config
+from runs import STALLING_STEP_CHILD, assert_trees_equal as _assert_trees_equal, child as _child, \
+    cli_args as _cli, committed_steps as _committed_steps, tail as _tail, train_args as _train_args
 
 EVAL_KEYS = {"step", "loss", "zeroshot_top1", "i2t_r@1", "i2t_r@5", "i2t_r@10", "t2i_r@1",
              "t2i_r@5", "t2i_r@10"}
@@ -56,53 +54,6 @@ def test_eval_of_a_workdir_without_checkpoints_fails_clearly_and_writes_nothing(
   assert not empty.exists()
 
 
-def _train_args(workdir, *extra):
-  """`mmjax train` arguments for the tiny config plus `extra` overrides."""
-  return ["train", "--config", str(CONFIG), "--workdir", str(workdir), "--no-progress",
-          *[f"--config.{o}" for o in TINY + list(extra)]]
-
-
-def _cli(workdir, *extra):
-  return ["-m", "mmjax.cli", *_train_args(workdir, *extra)]
-
-
-def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-              JAX_PLATFORMS="cpu")
-
-
-@contextlib.contextmanager
-def _child(args, log_path):
-  """A `python *args` process (own process group, output to `log_path`), killed with its
-  whole group on the way out whatever happens in the block."""
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen([sys.executable, *args], env=_env(), cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-      yield proc
-    finally:
-      if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-      proc.wait()
-
-
-def _committed_steps(workdir):
-  """Checkpoint steps orbax has committed (in-flight saves live in non-numeric tmp dirs)."""
-  directory = workdir / "checkpoints"
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if directory.is_dir() else []
-
-
-def _tail(path):
-  return pathlib.Path(path).read_text()[-3000:]
-
-
-def _assert_trees_equal(actual, expected, what):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected), what
-  for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e),
-                                  err_msg=f"{what}{jax.tree_util.keystr(path)}")
-
-
 def _without_eval(monkeypatch):
   """Resume tests compare training state only: skip the end-of-run evaluation and plots."""
   monkeypatch.setattr(ContrastiveTask, "evaluate", lambda self, params, mesh: {})
@@ -111,18 +62,7 @@ def _without_eval(monkeypatch):
 
 # The killed child trains to its first checkpoint, then stalls before its next step (as a hung
 # host would) until the parent's SIGKILL: the kill always lands mid-run, after that checkpoint.
-STALLING_CHILD = """
-import sys, time
-from mmjax import cli
-from mmjax.train.tasks.contrastive import ContrastiveTask
-stall_at, check_batch = int(sys.argv[1]), ContrastiveTask.check_batch
-def stalling_check_batch(self, batch, step):
-  if step >= stall_at:
-    time.sleep(3600)
-  return check_batch(self, batch, step)
-ContrastiveTask.check_batch = stalling_check_batch
-sys.exit(cli.main(sys.argv[2:]))
-"""
+STALLING_CHILD = STALLING_STEP_CHILD
 
 TOTAL_STEPS, FIRST_CHECKPOINT, SEED = 8, 3, 7
 RESUME_STEPS = (f"total_steps={TOTAL_STEPS}", f"checkpoint_every={FIRST_CHECKPOINT}",

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax import cli
 from mmjax.train import restore, trainer
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.tasks.vqa import VQATask
@@ -42,7 +41,6 @@ def clip_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("clip")
   config = tiny_config("total_steps=2", "checkpoint_every=2")
   result = train(config, workdir, devices=jax.devices()[:1], progress=False)
-  cli._save_config(config, workdir)
   return workdir, result
 
 
