@@ -65,11 +65,15 @@ def trainer(task: str, *, batch_size: int, total_steps: int, eval_every: int,
 def shapeworld_data(*, image_size: int, num_objects: tuple[int, int],
                     context_length: int | None = None) -> ConfigDict:
   """The embedded ShapeWorld stream (seed 0, 10M training examples); `context_length` (text
-  rows' tokens) for tasks that read text."""
+  rows' tokens) for tasks that read text. `on_bad_example` ("error" | "skip") and
+  `max_bad_fraction` say what the training pipeline does with an unreadable example
+  (`mmjax.data.pipeline`; ShapeWorld has none, a user's image folder may)."""
   data = dict(name="shapeworld", seed=0, image_size=image_size, num_objects=num_objects)
   if context_length is not None:
     data["context_length"] = context_length
   data["train_length"] = 10_000_000
+  data["on_bad_example"] = "error"
+  data["max_bad_fraction"] = 0.01
   return ConfigDict(data)
 
 

@@ -17,11 +17,19 @@ c = example_rng(seed, e, i, "caption").integers(len(captions)) ("random"): deter
 (seed, epoch, index), so a restored iterator reproduces the same batches.
 
 Images come out float32 in [0, 1] (uint8 / 255); the model does any further normalisation.
+
+Bad examples (an unreadable image, an empty caption: any ValueError/OSError while loading one)
+stop the pipeline by default (`on_bad_example="error"`). With `on_bad_example="skip"` a bad
+example at stream position k is replaced by the next good source index (i + 1, i + 2, ... mod
+N), so batches keep their size and the stream stays a pure function of (source, seed); each
+skip is counted (`BadExamples`, a warning for the first few) and once more than
+`max_bad_fraction` of the examples read were bad the pipeline raises DataError.
 """
 from __future__ import annotations
 
 import operator
 import sys
+import threading
 import zlib
 from typing import Any
 
@@ -29,6 +37,85 @@ import grain
 import numpy as np
 
 from mmjax.data.tokenizer import Tokenizer, check_text
+from mmjax.errors import DataError
+
+ON_BAD_EXAMPLE = ("error", "skip")
+
+
+class BadExamples:
+  """Counts the examples a pipeline skipped as bad, out of all it loaded (thread-safe: Grain
+  loads with several threads). Counts run slightly ahead of training (prefetching) and start
+  at 0 in each process.
+
+  Args:
+    max_fraction: the pipeline raises DataError once skipped > max_fraction * max(loaded,
+      min_loaded).
+    min_loaded: loads before the fraction is judged, so one bad example among the first few
+      does not stop a run.
+    warn_first: how many skips get a warning line on stderr (then every 100th).
+  """
+
+  def __init__(self, max_fraction: float = 0.01, min_loaded: int = 100, warn_first: int = 5):
+    if not 0.0 <= max_fraction < 1.0:
+      raise ValueError(f"max_bad_fraction must be in [0, 1), got {max_fraction}")
+    self.max_fraction, self.min_loaded, self.warn_first = max_fraction, min_loaded, warn_first
+    self.loaded = self.skipped = 0
+    self.last_error = ""
+    self._lock = threading.Lock()
+
+  def count_good(self) -> None:
+    with self._lock:
+      self.loaded += 1
+
+  def count_bad(self, index: int, error: BaseException) -> None:
+    """Counts example `index` as skipped; DataError if too many were."""
+    message = str(error)
+    if not message.startswith(f"example {index}"):
+      message = f"example {index}: {message}"
+    with self._lock:
+      self.loaded += 1
+      self.skipped += 1
+      self.last_error = message
+      skipped, loaded = self.skipped, self.loaded
+    if skipped <= self.warn_first or skipped % 100 == 0:
+      print(f"mmjax: warning: skipping a bad example ({message}); {skipped} skipped of "
+            f"{loaded} loaded", file=sys.stderr, flush=True)
+    if skipped > self.max_fraction * max(loaded, self.min_loaded):
+      raise DataError(f"{skipped} of {loaded} examples loaded were bad, more than "
+                      f"data.max_bad_fraction={self.max_fraction}; the last: {self.last_error}")
+
+  def counts(self) -> dict[str, int]:
+    """{"data_bad_examples": skipped, "data_examples_loaded": loaded}, for metrics.jsonl."""
+    with self._lock:
+      return {"data_bad_examples": self.skipped, "data_examples_loaded": self.loaded}
+
+
+class _SkipBad:
+  """`load_example` that replaces a bad example by the next good source index (see above)."""
+
+  def __init__(self, load_example, source_length: int, bad_examples: BadExamples):
+    self.load_example, self.length, self.bad = load_example, source_length, bad_examples
+
+  def __call__(self, position: int, index: int):
+    for offset in range(self.length):
+      candidate = (index + offset) % self.length
+      try:
+        example = self.load_example(position, candidate)
+      except (ValueError, OSError) as e:
+        self.bad.count_bad(candidate, e)
+        continue
+      self.bad.count_good()
+      return example
+    raise DataError(f"every one of the {self.length} examples is bad; the last: "
+                    f"{self.bad.last_error}")
+
+
+def batch_iterator(dataset: grain.IterDataset):
+  """`iter(dataset)`, carrying the dataset's `bad_examples` (a BadExamples or None) along, so
+  the trainer can write the counts without knowing the task."""
+  iterator = iter(dataset)
+  iterator.bad_examples = getattr(dataset, "bad_examples", None)
+  return iterator
 
 
 def _captions(item: dict, index: int) -> tuple[str, ...]:
@@ -134,7 +221,8 @@ class _LoadExample:
 def example_batches(source, load_example, *, batch_size: int, seed: int, shuffle: bool = True,
                     num_epochs: int | None = None, process_index: int = 0,
                     process_count: int = 1, num_threads: int = 2,
-                    prefetch_batches: int = 4) -> grain.IterDataset:
+                    prefetch_batches: int = 4, on_bad_example: str = "error",
+                    max_bad_fraction: float = 0.01) -> grain.IterDataset:
   """Per-host batches of `load_example(position, index)` dicts, in the stream order above.
 
   Any task plugs its own example loader into the same shuffling, per-host slicing, batching and
@@ -149,9 +237,12 @@ def example_batches(source, load_example, *, batch_size: int, seed: int, shuffle
     num_epochs: None repeats forever.
     process_index, process_count: this host and the number of hosts.
     num_threads, prefetch_batches: Grain read threads and batches buffered ahead.
+    on_bad_example: "error" (a bad example stops the pipeline) or "skip" (module docstring).
+    max_bad_fraction: with "skip", the fraction of bad examples that stops it.
 
   Returns:
-    IterDataset yielding dicts of `[b, ...]` arrays, with `get_state()` / `set_state()`.
+    IterDataset yielding dicts of `[b, ...]` arrays, with `get_state()` / `set_state()`, and
+    `bad_examples` (the BadExamples counter with "skip", else None; see `batch_iterator`).
   """
   batch_size, process_index, process_count = (
       operator.index(batch_size), operator.index(process_index), operator.index(process_count))
@@ -164,6 +255,13 @@ def example_batches(source, load_example, *, batch_size: int, seed: int, shuffle
     raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
   if len(source) == 0:
     raise ValueError(f"source {source!r} is empty")
+  if on_bad_example not in ON_BAD_EXAMPLE:
+    raise ValueError(f"on_bad_example (data.on_bad_example) must be one of {ON_BAD_EXAMPLE}, "
+                     f"got {on_bad_example!r}")
+  bad_examples = None
+  if on_bad_example == "skip":
+    bad_examples = BadExamples(max_bad_fraction)
+    load_example = _SkipBad(load_example, len(source), bad_examples)
   global_batch = batch_size * process_count
   if num_epochs is not None and len(source) * num_epochs < global_batch:
     raise ValueError(f"{num_epochs} epoch(s) of {len(source)} examples give no full global batch "
@@ -175,15 +273,18 @@ def example_batches(source, load_example, *, batch_size: int, seed: int, shuffle
   rows = _HostRows(indices, batch_size, process_index, process_count)
   batches = rows.map(lambda pair: load_example(pair[0], int(pair[1])))
   batches = batches.batch(batch_size, drop_remainder=True)
-  return batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch_batches))
+  dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                      prefetch_buffer_size=prefetch_batches))
+  dataset.bad_examples = bad_examples
+  return dataset
 
 
 def image_text_batches(source, tokenizer: Tokenizer, *, batch_size: int, context_length: int,
                        seed: int, shuffle: bool = True, num_epochs: int | None = None,
                        process_index: int = 0, process_count: int = 1,
                        caption_choice: str = "random", num_threads: int = 2,
-                       prefetch_batches: int = 4) -> grain.IterDataset:
+                       prefetch_batches: int = 4, on_bad_example: str = "error",
+                       max_bad_fraction: float = 0.01) -> grain.IterDataset:
   """Per-host (image, caption) batches as a Grain IterDataset (see the module docstring).
 
   Args:
@@ -198,6 +299,7 @@ def image_text_batches(source, tokenizer: Tokenizer, *, batch_size: int, context
     process_index, process_count: this host and the number of hosts.
     caption_choice: "random" (per (seed, epoch, index)) or "first".
     num_threads, prefetch_batches: Grain read threads and batches buffered ahead.
+    on_bad_example, max_bad_fraction: as `example_batches`.
 
   Returns:
     IterDataset; `iter(ds)` yields {"image": float32 `[b, H, W, 3]` in [0, 1], "text": int32
@@ -213,7 +315,8 @@ def image_text_batches(source, tokenizer: Tokenizer, *, batch_size: int, context
   return example_batches(source, load, batch_size=batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, process_index=process_index,
                          process_count=process_count, num_threads=num_threads,
-                         prefetch_batches=prefetch_batches)
+                         prefetch_batches=prefetch_batches, on_bad_example=on_bad_example,
+                         max_bad_fraction=max_bad_fraction)
 
 
 def eval_arrays(source, tokenizer: Tokenizer, context_length: int, n: int) -> dict[str, Any]:

@@ -28,16 +28,24 @@ def shapeworld_source(data: Any, split: str, length: int,
                                num_objects=tuple(num_objects or data.num_objects))
 
 
+def bad_example_options(data: Any) -> dict[str, Any]:
+  """`on_bad_example` / `max_bad_fraction` of a task's `config.data` (defaults: "error",
+  0.01) as keyword arguments of `pipeline.example_batches` / `image_text_batches`."""
+  return dict(on_bad_example=data.get("on_bad_example", "error"),
+              max_bad_fraction=float(data.get("max_bad_fraction", 0.01)))
+
+
 def image_text_train_batches(config: Any, tokenizer: Tokenizer,
                              process_index: int, process_count: int,
                              **options) -> Iterator[dict[str, np.ndarray]]:
   """This host's (image, caption tokens) training batches of the task `config`
   (`pipeline.image_text_batches` over the train split; `options` such as caption_choice)."""
   data = config.data
-  return iter(pipeline.image_text_batches(
+  return pipeline.batch_iterator(pipeline.image_text_batches(
       shapeworld_source(data, "train", data.train_length), tokenizer,
       batch_size=config.batch_size // process_count, context_length=data.context_length,
-      seed=config.seed, process_index=process_index, process_count=process_count, **options))
+      seed=config.seed, process_index=process_index, process_count=process_count,
+      **bad_example_options(data), **options))
 
 
 def example_train_batches(config: Any,
@@ -47,9 +55,10 @@ def example_train_batches(config: Any,
   """This host's training batches of examples built by `make_loader(source)(position, index)`
   over the train split (`pipeline.example_batches`): questions, referring expressions, ..."""
   source = shapeworld_source(config.data, "train", config.data.train_length)
-  return iter(pipeline.example_batches(
+  return pipeline.batch_iterator(pipeline.example_batches(
       source, make_loader(source), batch_size=config.batch_size // process_count,
-      seed=config.seed, process_index=process_index, process_count=process_count))
+      seed=config.seed, process_index=process_index, process_count=process_count,
+      **bad_example_options(config.data)))
 
 
 def image_text_init_inputs(data: Any) -> tuple[np.ndarray, np.ndarray]:

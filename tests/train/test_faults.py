@@ -4,6 +4,7 @@ on one workdir, an unwritable workdir, failed saves and metric writes.
 Every resume is compared bit for bit with one uninterrupted reference run of the same config.
 """
 import errno
+import json
 import os
 import pathlib
 import shutil
@@ -13,14 +14,21 @@ import sys
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from mmjax import cli
+from mmjax.data import pipeline
+from mmjax.data.folder import ImageTextFolder
+from mmjax.data.shapeworld import ShapeWorld
+from mmjax.data.shapeworld_inputs import bad_example_options
 from mmjax.errors import (CheckpointMismatchError, CheckpointSaveError, MetricsWriteError,
                           WorkdirInUseError, WorkdirNotWritableError)
 from mmjax.train import workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.logging import read_jsonl
 from mmjax.train.restore import restore_params
 from mmjax.train.tasks.contrastive import ContrastiveTask
 from mmjax.train.trainer import train
@@ -337,3 +345,42 @@ def test_a_full_disk_under_the_metrics_file_stops_the_run_and_keeps_the_checkpoi
     _train(_config("log_every=4"), workdir)
   assert committed_steps(workdir) == [EVERY]
 
+
+def _shapeworld_folder(folder, count, bad):
+  """`count` ShapeWorld train examples as PNG files + JSONL (their own captions); the files
+  of the indices in `bad` are garbage bytes."""
+  folder.mkdir()
+  world, records = ShapeWorld(split="train", length=count, seed=0, image_size=16), []
+  for i in range(count):
+    item = world[i]
+    if i in bad:
+      (folder / f"{i}.png").write_bytes(b"\x89PNG truncated")
+    else:
+      Image.fromarray(np.asarray(item["image"])).save(folder / f"{i}.png")
+    records.append({"image": f"{i}.png", "caption": list(item["captions"])})
+  (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  return folder
+
+
+def test_bad_images_are_skipped_and_counted_in_metrics(tmp_path, monkeypatch):
+  """The trainer's side of `data.on_bad_example` (the pipeline's is tests/data/
+  test_bad_examples.py): the skip counts reach metrics.jsonl."""
+  folder = _shapeworld_folder(tmp_path / "images", 40, bad={3, 17})
+
+  def folder_batches(self, process_index, process_count):
+    return pipeline.batch_iterator(pipeline.image_text_batches(
+        ImageTextFolder(folder, image_size=16), self.tokenizer,
+        batch_size=self.config.batch_size // process_count,
+        context_length=self.config.data.context_length, seed=self.config.seed,
+        process_index=process_index, process_count=process_count,
+        **bad_example_options(self.config.data)))
+
+  monkeypatch.setattr(ContrastiveTask, "train_batches", folder_batches)
+  _no_eval(monkeypatch)
+  workdir = tmp_path / "skipping"
+  result = _train(_config("total_steps=4", "data.on_bad_example=skip",
+                          "data.max_bad_fraction=0.1"), workdir)
+  assert result.step == 4
+  (record,) = read_jsonl(workdir / "metrics.jsonl")
+  assert record["step"] == 4 and record["data_bad_examples"] >= 2, record  # 64 rows > 1 epoch
+  assert record["data_examples_loaded"] >= 64 + record["data_bad_examples"]

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax.data import pipeline, shapeworld
-from mmjax.data.shapeworld_inputs import check_images, shapeworld_source
+from mmjax.data.shapeworld_inputs import bad_example_options, check_images, shapeworld_source
 from mmjax.models import build_model
 from mmjax.nn.autoencoder import (RECONSTRUCTION_LOSSES, KLAutoencoder, autoencoder_loss,
                                   estimate_scaling_factor)
@@ -79,10 +79,11 @@ class AutoencoderTask(Task):
   def train_batches(self, process_index: int, process_count: int):
     source = self._source("train", self.config.data.train_length)
     size = self.config.data.image_size
-    return iter(pipeline.example_batches(
+    return pipeline.batch_iterator(pipeline.example_batches(
         source, _LoadImage(source, (size, size, 3)),
         batch_size=self.config.batch_size // process_count, seed=self.config.seed,
-        process_index=process_index, process_count=process_count))
+        process_index=process_index, process_count=process_count,
+        **bad_example_options(self.config.data)))
 
   def check_batch(self, batch, step: int) -> None:
     check_images(batch, step, self.config.data.image_size)

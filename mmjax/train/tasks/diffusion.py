@@ -28,8 +28,8 @@ from jax.sharding import Mesh
 from mmjax import diffusion
 from mmjax.diffusion import parameterization
 from mmjax.data import pipeline
-from mmjax.data.shapeworld_inputs import (check_images, check_tokens, shapeworld_source,
-                                          text_tower_fields)
+from mmjax.data.shapeworld_inputs import (bad_example_options, check_images, check_tokens,
+                                          shapeworld_source, text_tower_fields)
 from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.models import build_model
 from mmjax.models.text_to_image import DENOISERS, TextToImageDenoiser
@@ -90,11 +90,12 @@ class DiffusionTask(Task):
     return shapeworld_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
-    return iter(pipeline.image_text_batches(
+    return pipeline.batch_iterator(pipeline.image_text_batches(
         self._source("train", self.config.data.train_length), self.tokenizer,
         batch_size=self.config.batch_size // process_count,
         context_length=self.config.data.context_length, seed=self.config.seed,
-        process_index=process_index, process_count=process_count))
+        process_index=process_index, process_count=process_count,
+        **bad_example_options(self.config.data)))
 
   def check_batch(self, batch, step: int) -> None:
     data = self.config.data
