@@ -14,7 +14,7 @@ over `Captioner.decode_step`:
 Both paths include encoding the images; times are wall seconds of one whole decode after AOT
 compilation, median of `--repeats`.
 
-  nice -n 19 python benchmarks/caption_decoding.py [--repeats 3] [--no-write]
+  python benchmarks/caption_decoding.py [--repeats 3] [--no-write] [--allow-loaded]
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def run(model, params, images, method: str, num_beams: int, repeats: int) -> dic
   return {"time_s": statistics.median(times), "compile_s": compile_s, "tokens": np.asarray(tokens)}
 
 
-def table(results: dict, machine_note: str) -> str:
+def table(results: dict) -> str:
   from _report import machine_line  # pylint: disable=import-outside-toplevel
   lines = [
       "Default `configs/caption_shapeworld.py` Captioner with random weights (ViT: 256 image "
@@ -96,9 +96,9 @@ def table(results: dict, machine_note: str) -> str:
       "timed call; median wall time of one whole decode after AOT compilation. Cached: "
       "`init_cache` projects the image tokens to cross-attention K/V once; re-projected: the "
       "same steps with those K/V dropped from the cache, so every step projects the 256 image "
-      "tokens again in every layer. Command: `nice -n 19 python benchmarks/caption_decoding.py`.",
+      "tokens again in every layer. Command: `python benchmarks/caption_decoding.py`.",
       "",
-      f"Machine: {machine_line()}; {machine_note}.",
+      f"Machine: {machine_line()}.",
       "",
       "| decoding | cross K/V cached | re-projected every step | speed-up | same tokens |",
       "|---|---|---|---|---|",
@@ -118,10 +118,11 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--no-write", action="store_true", help="print only, keep README.md")
-  parser.add_argument("--machine-note",
-                      default="run at low priority (nice 19) beside other jobs on the 2 cores",
-                      help="how loaded the machine was, for the table's machine line")
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from _report import LoadWatch, add_load_argument  # pylint: disable=import-outside-toplevel
+  add_load_argument(parser)
   args = parser.parse_args()
+  load = LoadWatch()
   model, params = make_model()
   images = jax.random.uniform(jax.random.key(1), (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3))
   results = {}
@@ -130,12 +131,12 @@ def main() -> None:
       results[f"{method}_{suffix}"] = run(model, params, images, method, beams, args.repeats)
       print(f"{method}_{suffix}", {k: round(v, 3) for k, v in results[f"{method}_{suffix}"].items()
                                    if k != "tokens"}, flush=True)
-  markdown = table(results, args.machine_note)
+  markdown = table(results)
   print(markdown)
+  print(load.line())
   if not args.no_write:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _report import write_section  # pylint: disable=import-outside-toplevel
-    write_section("caption_decoding", markdown)
+    write_section("caption_decoding", markdown, load, args.allow_loaded)
 
 
 if __name__ == "__main__":

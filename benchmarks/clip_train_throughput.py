@@ -6,7 +6,9 @@ A step is forward + symmetric InfoNCE + backward + AdamW update. The mmjax side 
 trainer path: `build_model` (models/registry.py), `ContrastiveTask.loss_fn`
 (train/tasks/contrastive.py), `make_optimizer` (train/optim.py) and `make_train_step`
 (train/trainer.py), jitted with the trainer's shardings and donated state. Trials alternate
-between the two sides and the median images/s of each is reported (the machine may be shared).
+between the two sides and the median images/s of each is reported. The README section is
+written only when the 1-minute load average was below 1.0 before and after the run
+(`--allow-loaded` overrides, and the table then says so).
 
   python benchmarks/clip_train_throughput.py              # writes its README section
   python benchmarks/clip_train_throughput.py --variants   # mmjax-only ablations (no README)
@@ -210,48 +212,9 @@ def compare(args) -> str:
       "",
       f"**mmjax / open_clip = {median_ratio:.2f}x** (ratio of medians; per-trial ratios "
       f"{', '.join(f'{r:.2f}' for r in ratios)}).",
-      "",
-      "The machine (2 cores) was shared with ~6 other sessions during the runs, hence the "
-      "alternating trials and medians; absolute images/s are low because of that load.",
-      FINDINGS,
   ])
   return table
 
-
-# From `--variants --steps 3 --trials 3` on the same shared 2-core machine (load 5-14 from
-# other sessions), images/s median (min-max), mmjax only, all after this file's defaults.
-FINDINGS = """
-Findings (mmjax ablations, `python benchmarks/clip_train_throughput.py --variants --steps 3
---trials 3`, same machine, load average 5-14 from other sessions, so only large effects are
-real):
-
-| variant | images/s | vs default |
-|---|---|---|
-| default (einsum attention, tanh GELU, donated state, YNNPACK dots) | 4.2 (3.9-5.0) | 1.00x |
-| `attention_impl="xla"` (`jax.nn.dot_product_attention`) | 4.4 (4.2-4.7) | 1.04x |
-| exact (erf) GELU, `gelu_approximate=False` | 4.8 (4.0-4.9) | 1.13x |
-| no `donate_argnums` | 4.8 (3.9-5.8) | 1.13x |
-| `xla_cpu_enable_fast_math` | 3.9 (3.2-5.4) | 0.93x |
-| YNNPACK dot fusion off (`xla_cpu_experimental_ynn_fusion_type=""`, Eigen dots) | 3.5 (2.2-6.2) | 0.84x |
-
-- The 0.70x of a plain Flax CLIP is not reproduced: mmjax's trainer step is >= open_clip
-  here (1.04x in a first 3-trial run, 1.34x in the table above). The per-trial ratios show
-  why the median is above 1: in the least-loaded trials (both sides at ~12 images/s) the two
-  are at parity (1.00-1.01x); under contention from other processes torch's OpenMP threads
-  lose more than XLA's thread pool. (The 256 extra mmjax parameters are the patch
-  embedding's bias; open_clip's conv1 has none.) The layers already do what closes the gap:
-  one fused QKV GEMM per block, patch embedding as a reshape + one GEMM, float32 softmax in
-  one fusion, the whole step (AdamW included) in one XLA program, and XLA's default YNNPACK
-  GEMMs (turning them off for Eigen gave the largest change, about -16%, though its spread
-  is wide too).
-- Attention kernel ("einsum" vs "xla"), GELU form, donation and fast-math moved throughput by
-  less than the trial-to-trial spread (ranges overlap), so the defaults are unchanged. The exact
-  GELU open_clip uses is now an option (`gelu_approximate=False` on `MlpBlock`,
-  `TransformerBlock`, `Transformer`, `VisionTransformer`, `TextTransformer`); the default
-  stays tanh, so existing numerics do not change. `--xla_cpu_use_thunk_runtime` no longer
-  exists in jaxlib 0.10.2; XNNPACK/oneDNN dot fusion options are accepted but not used by this
-  build (the compiled HLO still holds YNNPACK fusions).
-"""
 
 VARIANTS = {
     "default": {},
@@ -293,15 +256,19 @@ def main():
                       help="time mmjax variants against each other instead (README untouched)")
   parser.add_argument("--only", nargs="*", help="variant names to run (first is the baseline)")
   parser.add_argument("--no_write", action="store_true", help="print only")
+  from benchmarks._report import LoadWatch, add_load_argument, write_section
+  add_load_argument(parser)
   args = parser.parse_args()
+  load = LoadWatch()
   if args.variants:
     print(variants(args))
+    print(load.line())
     return
   table = compare(args)
   print(table)
+  print(load.line())
   if not args.no_write:
-    from benchmarks._report import write_section
-    write_section("clip_train_throughput", table)
+    write_section("clip_train_throughput", table, load, args.allow_loaded)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def cell(result: dict | None) -> str:
           f"{result['peak_rss_gb']:.2f} GB")
 
 
-def table(results: dict, block_size: int, machine_note: str) -> str:
+def table(results: dict, block_size: int) -> str:
   from _report import machine_line  # pylint: disable=import-outside-toplevel
   sizes = sorted({int(key.split("@")[1]) for key in results})
   lines = [
@@ -184,7 +184,7 @@ def table(results: dict, block_size: int, machine_note: str) -> str:
       "Command: `python benchmarks/contrastive_loss.py` "
       "(big sizes: `--sizes 65536 131072 --impls clip_blockwise siglip_blockwise`).",
       "",
-      f"Machine: {machine_line()}; {machine_note}.",
+      f"Machine: {machine_line()}.",
       "",
       "| N | CLIP plain JAX (mmjax) | CLIP plain JAX (optax CE, rows + columns) "
       "| CLIP blockwise JAX | open_clip ClipLoss | blockwise / plain (mmjax) "
@@ -222,8 +222,6 @@ def main() -> None:
   parser.add_argument("--timeout", type=int, default=3600)
   parser.add_argument("--results", default="/tmp/mmjax_contrastive_loss_results.json")
   parser.add_argument("--no-write", action="store_true", help="print only, keep README.md")
-  parser.add_argument("--machine-note", default="otherwise idle while the N <= 16384 rows ran",
-                      help="how loaded the machine was, for the table's machine line")
   parser.add_argument("--note", default="", help="a line appended under the table")
   parser.add_argument("--merge", nargs="*", default=[],
                       help="other --results files to fold in before writing the table")
@@ -231,10 +229,13 @@ def main() -> None:
   parser.add_argument("--impl", help=argparse.SUPPRESS)
   parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--estimate-only", action="store_true", help=argparse.SUPPRESS)
+  from _report import LoadWatch, add_load_argument  # pylint: disable=import-outside-toplevel
+  add_load_argument(parser)
   args = parser.parse_args()
   if args.worker:
     worker(args)
     return
+  load = LoadWatch()
   path = pathlib.Path(args.results)
   results = json.loads(path.read_text()) if path.exists() else {}
   for other in args.merge:
@@ -251,13 +252,14 @@ def main() -> None:
       results[f"{impl}@{n}"] = result
       print(f"{impl:18s} N={n:7d} {cell(result)}  ({time.time() - start:.0f} s)", flush=True)
       path.write_text(json.dumps(results, indent=1))
-  markdown = table(results, args.block_size, args.machine_note)
+  markdown = table(results, args.block_size)
   if args.note:
     markdown += "\n\n" + args.note
   print(markdown)
+  print(load.line())
   if not args.no_write:
     from _report import write_section  # pylint: disable=import-outside-toplevel
-    write_section("contrastive_loss", markdown)
+    write_section("contrastive_loss", markdown, load, args.allow_loaded)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ PyTorch: `transformers.GPT2LMHeadModel.generate` (its own KV cache) on the same 
 `lower().compile()`) or after one warm-up call (torch); tokens/s counts the B x 64 returned
 tokens (beam search computes 4 beams per row for them).
 
-  nice -n 19 python benchmarks/decoding.py [--repeats 1] [--no-write]
+  python benchmarks/decoding.py [--repeats 1] [--no-write] [--allow-loaded]
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def run_torch(prompt: np.ndarray, num_beams: int, repeats: int) -> dict:
           "threads": torch.get_num_threads()}
 
 
-def table(results: dict, machine_note: str) -> str:
+def table(results: dict) -> str:
   from _report import machine_line  # pylint: disable=import-outside-toplevel
   tokens = BATCH * NEW_TOKENS
 
@@ -140,9 +140,9 @@ def table(results: dict, machine_note: str) -> str:
       f"{MAX_LENGTH} positions each step). PyTorch: transformers `GPT2LMHeadModel.generate` "
       f"(torch {torch_info.get('torch', '?')}, transformers {torch_info.get('transformers', '?')}, "
       f"{torch_info.get('threads', '?')} threads, `no_grad`). "
-      "Command: `nice -n 19 python benchmarks/decoding.py`.",
+      "Command: `python benchmarks/decoding.py`.",
       "",
-      f"Machine: {machine_line()}; {machine_note}.",
+      f"Machine: {machine_line()}.",
       "",
       "| decoding | mmjax KV cache | mmjax recompute | transformers generate (PyTorch) "
       "| cache / recompute | cache / PyTorch |",
@@ -165,10 +165,11 @@ def main() -> None:
   parser.add_argument("--skip", nargs="*", default=[],
                       help="keys to skip, e.g. recompute_beam4 torch_beam4")
   parser.add_argument("--no-write", action="store_true", help="print only, keep README.md")
-  parser.add_argument("--machine-note",
-                      default="run at low priority (nice 19) beside other jobs on the 2 cores",
-                      help="how loaded the machine was, for the table's machine line")
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from _report import LoadWatch, add_load_argument  # pylint: disable=import-outside-toplevel
+  add_load_argument(parser)
   args = parser.parse_args()
+  load = LoadWatch()
   decoder, params = make_mmjax()
   prompt = jax.random.randint(jax.random.key(1), (BATCH, PROMPT), 3, VOCAB, jnp.int32)
   results = {}
@@ -185,14 +186,14 @@ def main() -> None:
     if f"cache_{suffix}" in results and f"recompute_{suffix}" in results:
       results[f"{suffix}_tokens_match"] = bool(np.array_equal(
           results[f"cache_{suffix}"]["tokens"], results[f"recompute_{suffix}"]["tokens"]))
-  markdown = table(results, args.machine_note)
+  markdown = table(results)
   print(markdown)
+  print(load.line())
   print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "tokens"}
                     if isinstance(v, dict) else v for k, v in results.items()}))
   if not args.no_write:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _report import write_section  # pylint: disable=import-outside-toplevel
-    write_section("decoding", markdown)
+    write_section("decoding", markdown, load, args.allow_loaded)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._report import machine_line, write_section  # pylint: disable=wrong-import-position
+from benchmarks._report import LoadWatch, add_load_argument, machine_line, write_section  # pylint: disable=wrong-import-position
 from mmjax import diffusion  # pylint: disable=wrong-import-position
 from mmjax.nn.unet import UNet  # pylint: disable=wrong-import-position
 
@@ -171,26 +171,17 @@ def unet_rows(schedule, num_steps, repeats):
   return row, note
 
 
-def priority_note() -> str:
-  """Says whether the run had the machine to itself (niceness, load average at start)."""
-  niceness = os.nice(0)
-  load = os.getloadavg()[0]
-  if niceness > 0:
-    return (f"run at low priority (nice {niceness}) beside other jobs, 1-min load average "
-            f"{load:.1f} at start, so absolute times are inflated")
-  return f"1-min load average {load:.1f} at start"
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--unet-repeats", type=int, default=3)
   parser.add_argument("--no-write", action="store_true", help="print only")
+  add_load_argument(parser)
   args = parser.parse_args()
+  load = LoadWatch()
   schedule = diffusion.scaled_linear_schedule()
   n = args.steps
-  note = priority_note()
   rows = []
   for shape in [(1, 4), (4, 64, 64, 4)]:
     x = jax.random.normal(jax.random.key(0), shape)
@@ -205,7 +196,8 @@ def main():
   rows.append(unet_row)
   table = "\n".join([
       f"Measured on {machine_line()}, jax {jax.__version__}, backend "
-      f"{jax.default_backend()}; {note}; median of {args.repeats} runs after warm-up "
+      f"{jax.default_backend()} (process nice {os.nice(0)}); median of {args.repeats} runs "
+      "after warm-up "
       f"({args.unet_repeats} for the UNet row).",
       "",
       "| case | steps | mmjax `lax.scan` (us/step) | Python loop over jitted step (us/step) "
@@ -219,8 +211,9 @@ def main():
       unet_note,
   ])
   print(table)
+  print(load.line())
   if not args.no_write:
-    write_section("diffusion_sampler", table)
+    write_section("diffusion_sampler", table, load, args.allow_loaded)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,8 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--worker", nargs="+")
+  import _report  # pylint: disable=g-import-not-at-top
+  _report.add_load_argument(parser)
   args = parser.parse_args()
   if args.worker:
     name, impl, *rest = args.worker
@@ -216,6 +218,7 @@ def main():
     result["peak_mb"] = _peak_mb()
     print(json.dumps(result))
     return
+  load = _report.LoadWatch()
 
   sizes = QUICK if args.quick else SIZES
   rows = []
@@ -242,10 +245,8 @@ def main():
                f"i2t R@1 {got['value']['i2t_r@1']:.4f}, t2i R@1 "
                f"{got['value']['t2i_r@1']:.4f}; same recalls: {agree}"))
 
-  import _report  # pylint: disable=g-import-not-at-top
-  load = os.getloadavg()[0]
-  lines = [f"Measured on {_report.machine_line()}, CPU only, load average {load:.1f} when the "
-           "table was written. Each cell runs in a fresh process; time = wall / CPU "
+  lines = [f"Measured on {_report.machine_line()}, CPU only. Each cell runs in a fresh "
+           "process; time = wall / CPU "
            "(user + system) seconds of the computation including JIT compilation, excluding "
            "imports and input generation; peak = max resident set size of that process, "
            "Python/JAX/torch runtime included. On a shared machine compare the CPU seconds.",
@@ -261,8 +262,9 @@ def main():
         f"{note} |")
   table = "\n".join(lines)
   print(table)
+  print(load.line())
   if not args.quick:
-    _report.write_section("metrics", table)
+    _report.write_section("metrics", table, load, args.allow_loaded)
 
 
 if __name__ == "__main__":
