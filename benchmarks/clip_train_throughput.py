@@ -7,8 +7,8 @@ trainer path: `build_model` (models/registry.py), `ContrastiveTask.loss_fn`
 (train/tasks/contrastive.py), `make_optimizer` (train/optim.py) and `make_train_step`
 (train/trainer.py), jitted with the trainer's shardings and donated state. Trials alternate
 between the two sides and the median images/s of each is reported. The README section is
-written only when the 1-minute load average was below 1.0 before and after the run
-(`--allow-loaded` overrides, and the table then says so).
+written only when the 1-minute load average was below 1.0 before the run
+(the load after may be the run's own; `--allow-loaded` overrides, and the table says so).
 
   python benchmarks/clip_train_throughput.py              # writes its README section
   python benchmarks/clip_train_throughput.py --variants   # mmjax-only ablations (no README)
