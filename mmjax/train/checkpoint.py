@@ -89,7 +89,6 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, keep: int = 3, *, writer: bool = True):
     self.directory = pathlib.Path(directory).absolute()
-    self.writer = writer
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=writer,
@@ -171,10 +170,6 @@ class Checkpointer:
     except Exception as e:
       raise CheckpointUnreadable(_one_line(e)) from e
     return restored["state"]
-
-  def restore_state(self, step: int, abstract_state: Any) -> Any:
-    """Restores only the train state of `step` (evaluation needs no data position)."""
-    return self.restore(step, abstract_state)
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any = None, *,
                      set_aside: bool = True, step: int | None = None,

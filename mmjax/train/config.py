@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from mmjax.errors import ConfigError
+
 
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   """Imports a config file and returns its `get_config()`.
@@ -35,11 +37,11 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   try:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-      raise ValueError(f"config file {str(path)!r} defines no get_config()")
+      raise ConfigError(f"config file {str(path)!r} defines no get_config()")
     if arg is None:
       return module.get_config()
     if not inspect.signature(module.get_config).parameters:
-      raise ValueError(f"config file {str(path)!r} takes no argument, got {arg!r} after ':'")
+      raise ConfigError(f"config file {str(path)!r} takes no argument, got {arg!r} after ':'")
     return module.get_config(arg)
   finally:
     sys.path.remove(folder)
@@ -93,7 +95,7 @@ def _parse_value(text: str, current):
       return value
     if str(text).lower() in ("true", "false", "1", "0"):
       return str(text).lower() in ("true", "1")
-    raise ValueError(f"expected a boolean, got {text!r}")
+    raise ConfigError(f"expected a boolean, got {text!r}")
   if isinstance(current, float) and isinstance(value, int):
     return float(value)
   if isinstance(current, tuple) and isinstance(value, list):
@@ -101,7 +103,7 @@ def _parse_value(text: str, current):
   if isinstance(current, str) and not isinstance(value, str):
     return text
   if type(value) is not type(current):
-    raise ValueError(f"expected a value of type {type(current).__name__}, got {text!r}")
+    raise ConfigError(f"expected a value of type {type(current).__name__}, got {text!r}")
   return value
 
 
@@ -115,10 +117,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]
   valid = flat_keys(config)
   for item in overrides:
     if "=" not in item:
-      raise ValueError(f"config override {item!r} must look like key=value")
+      raise ConfigError(f"config override {item!r} must look like key=value")
     key, text = item.split("=", 1)
     if key not in valid:
-      raise ValueError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid))
+      raise ConfigError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid))
     *parents, leaf = key.split(".")
     node = config
     for p in parents:
@@ -126,7 +128,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]
     try:
       value = _parse_value(text, node[leaf])
     except ValueError as e:
-      raise ValueError(f"bad value for config key {key!r}: {e}") from None
+      raise ConfigError(f"bad value for config key {key!r}: {e}") from None
     with node.ignore_type():
       node[leaf] = value
   return config
