@@ -13,7 +13,17 @@ ResBlocks and nearest x2 + conv up (not after level 0) -> GroupNorm, SiLU -> con
 downsample factor is 2^(len(channels) - 1). Layer names follow Stable Diffusion's
 `AutoencoderKL` structure (quant_conv / post_quant_conv included) so its weights can be mapped.
 
-The building blocks are `mmjax.nn.unet`'s `ResBlock`, `SpatialTransformer`, `conv` and
+`layout` picks the blocks (the level structure above is the same for both):
+  "mmjax" (default): `mmjax.nn.unet`'s `ResBlock` (with the learned shift below), a
+    `SpatialTransformer` (GN, proj_in, transformer block with MLP, proj_out) in the middle, and
+    GroupNorm eps 1e-5.
+  "sd": Stable Diffusion's / diffusers' `AutoencoderKL` blocks, so its checkpoints load exactly
+    (`mmjax.convert.sd_vae.load_sd_vae`): `SDResBlock` (no time embedding, no shift), `SDAttention`
+    (GN -> one multi-head self-attention -> + x, no MLP) in the middle, GroupNorm eps 1e-6.
+  diffusers pads its stride-2 downsampling conv by (0, 1) rows and columns; "SAME" does the
+  same on the even sizes every level sees (encode requires H, W divisible by f).
+
+The "mmjax" building blocks are `mmjax.nn.unet`'s `ResBlock`, `SpatialTransformer`, `conv` and
 `group_norm`. `ResBlock` always takes a time embedding; the autoencoder has none, so it feeds a
 constant `[B, 1]` embedding of ones: each block's `time_proj` then acts as a learned per-channel
 shift before its second norm (2 * features extra numbers per block, all trained).
@@ -23,7 +33,7 @@ Scaling (as in Stable Diffusion): a diffusion model sees `z = scaling_factor * s
 autoencoder training with `estimate_scaling_factor`, so the diffused latents have unit variance.
 
 Logical axis names: those of `mmjax.nn.unet` (conv kernels (None, None, "embed", None), norms
-("embed",)).
+("embed",)); the "sd" attention has `MultiHeadAttention`'s own.
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn.attention import MultiHeadAttention
 from mmjax.nn.unet import ResBlock, SpatialTransformer, conv, group_norm
 
 Dtype = Any
@@ -41,6 +52,9 @@ Dtype = Any
 # Stable Diffusion clamps the log-variance to this range before exponentiating.
 LOGVAR_RANGE = (-30.0, 20.0)
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+LAYOUTS = ("mmjax", "sd")
+# diffusers' AutoencoderKL norms use 1e-6 (mmjax's own blocks PyTorch's default 1e-5).
+SD_NORM_EPSILON = 1e-6
 
 
 @flax.struct.dataclass
@@ -133,22 +147,94 @@ def autoencoder_loss(recon: jax.Array, x: jax.Array, posterior: DiagonalGaussian
   return loss, {"reconstruction": rec, "kl": kl, "mse": mse}
 
 
+def sd_group_norm(num_groups: int, name: str, *, dtype: Dtype, param_dtype: Dtype
+                  ) -> nn.GroupNorm:
+  """diffusers' VAE GroupNorm (eps 1e-6, two-pass variance as PyTorch), params as `group_norm`."""
+  return nn.GroupNorm(num_groups=num_groups, epsilon=SD_NORM_EPSILON, use_fast_variance=False,
+                      dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+class SDResBlock(nn.Module):
+  """Stable Diffusion's VAE ResBlock (diffusers `ResnetBlock2D` without a time embedding).
+
+  GN -> SiLU -> conv -> GN -> SiLU -> conv, plus a 1x1 `skip` conv when the width changes:
+  `x [B, H, W, Cin]` -> `[B, H, W, features]`. Param names are `ResBlock`'s (norm1, conv1, norm2,
+  conv2, skip) without its time_proj.
+  """
+  features: int
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = nn.silu(sd_group_norm(self.num_groups, "norm1", **kw)(x))
+    h = conv(self.features, "conv1", **kw)(h)
+    h = nn.silu(sd_group_norm(self.num_groups, "norm2", **kw)(h))
+    h = conv(self.features, "conv2", zero_init=True, **kw)(h)
+    if x.shape[-1] != self.features:
+      x = conv(self.features, "skip", kernel_size=1, **kw)(x)
+    return x + h
+
+
+class SDAttention(nn.Module):
+  """Stable Diffusion's VAE mid-block attention: GN -> self-attention over the H * W positions
+  -> + x (no MLP, no projections around it). `x [B, H, W, C]` -> `[B, H, W, C]`.
+
+  Params: "norm" (scale, bias `[C]`) and "attention", a `MultiHeadAttention` (qkv kernel
+  `[C, 3, heads, C / heads]`, out kernel `[heads, C / heads, C]`, with biases).
+  """
+  num_heads: int = 1
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, height, width, channels = x.shape
+    h = sd_group_norm(self.num_groups, "norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    h = MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                           name="attention")(h.reshape(batch, height * width, channels))
+    return x + h.reshape(x.shape)
+
+
+def _res_block(layout: str, features: int, num_groups: int, name: str, **kw):
+  """The layout's ResBlock as `block(h, temb)` (the "sd" block ignores `temb`)."""
+  if layout == "sd":
+    block = SDResBlock(features, num_groups, name=name, **kw)
+    return lambda h, temb: block(h)
+  return ResBlock(features, num_groups=num_groups, name=name, **kw)
+
+
+def _norm_out(layout: str, num_groups: int, **kw) -> nn.GroupNorm:
+  """The layout's GroupNorm before an encoder's / decoder's conv_out."""
+  norm = sd_group_norm if layout == "sd" else group_norm
+  return norm(num_groups, "norm_out", **kw)
+
+
 class _Middle(nn.Module):
-  """ResBlock -> [self-attention SpatialTransformer] -> ResBlock at the lowest resolution."""
+  """ResBlock -> [self-attention] -> ResBlock at the lowest resolution."""
   features: int
   num_groups: int
   attention: bool
   num_heads: int
   dtype: Dtype
   param_dtype: Dtype
+  layout: str = "mmjax"
 
   @nn.compact
   def __call__(self, h: jax.Array, temb: jax.Array) -> jax.Array:
-    kw = dict(num_groups=self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype)
-    h = ResBlock(self.features, name="res_0", **kw)(h, temb)
-    if self.attention:
-      h = SpatialTransformer(self.num_heads, cross_attention=False, name="attn", **kw)(h)
-    return ResBlock(self.features, name="res_1", **kw)(h, temb)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = _res_block(self.layout, self.features, self.num_groups, "res_0", **kw)(h, temb)
+    if self.attention and self.layout == "sd":
+      h = SDAttention(self.num_heads, self.num_groups, name="attn", **kw)(h)
+    elif self.attention:
+      h = SpatialTransformer(self.num_heads, cross_attention=False, num_groups=self.num_groups,
+                             name="attn", **kw)(h)
+    return _res_block(self.layout, self.features, self.num_groups, "res_1", **kw)(h, temb)
 
 
 def _constant_temb(h: jax.Array) -> jax.Array:
@@ -166,6 +252,7 @@ class Encoder(nn.Module):
   num_heads: int
   dtype: Dtype
   param_dtype: Dtype
+  layout: str = "mmjax"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -175,13 +262,13 @@ class Encoder(nn.Module):
     last = len(self.channels) - 1
     for level, features in enumerate(self.channels):
       for i in range(self.num_res_blocks):
-        h = ResBlock(features, num_groups=self.num_groups, name=f"down_{level}_res_{i}",
-                     **kw)(h, temb)
+        h = _res_block(self.layout, features, self.num_groups, f"down_{level}_res_{i}",
+                       **kw)(h, temb)
       if level != last:
         h = conv(features, f"down_{level}_downsample", strides=2, **kw)(h)
     h = _Middle(self.channels[-1], self.num_groups, self.mid_attention, self.num_heads,
-                name="mid", **kw)(h, temb)
-    h = nn.silu(group_norm(self.num_groups, "norm_out", **kw)(h))
+                layout=self.layout, name="mid", **kw)(h, temb)
+    h = nn.silu(_norm_out(self.layout, self.num_groups, **kw)(h))
     return conv(2 * self.latent_channels, "conv_out", **kw)(h)
 
 
@@ -195,6 +282,7 @@ class Decoder(nn.Module):
   num_heads: int
   dtype: Dtype
   param_dtype: Dtype
+  layout: str = "mmjax"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -202,15 +290,15 @@ class Decoder(nn.Module):
     h = conv(self.channels[-1], "conv_in", **kw)(z.astype(self.dtype))
     temb = _constant_temb(h)
     h = _Middle(self.channels[-1], self.num_groups, self.mid_attention, self.num_heads,
-                name="mid", **kw)(h, temb)
+                layout=self.layout, name="mid", **kw)(h, temb)
     for level in reversed(range(len(self.channels))):
       for i in range(self.num_res_blocks + 1):
-        h = ResBlock(self.channels[level], num_groups=self.num_groups,
-                     name=f"up_{level}_res_{i}", **kw)(h, temb)
+        h = _res_block(self.layout, self.channels[level], self.num_groups,
+                       f"up_{level}_res_{i}", **kw)(h, temb)
       if level != 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest x2, as UNet's up path
         h = conv(self.channels[level], f"up_{level}_upsample", **kw)(h)
-    h = nn.silu(group_norm(self.num_groups, "norm_out", **kw)(h))
+    h = nn.silu(_norm_out(self.layout, self.num_groups, **kw)(h))
     return conv(self.out_channels, "conv_out", **kw)(h)
 
 
@@ -228,6 +316,8 @@ class KLAutoencoder(nn.Module):
     num_heads: its heads (must divide channels[-1]).
     scaling_factor: the multiplier `to_latents` / `from_latents` apply (1 / latent std).
     dtype / param_dtype: compute / parameter dtypes; outputs are float32.
+    layout: "mmjax" (default) or "sd" (Stable Diffusion's blocks, for its checkpoints); see the
+      module docstring.
   """
   channels: tuple[int, ...] = (32, 64, 64)
   latent_channels: int = 4
@@ -239,6 +329,7 @@ class KLAutoencoder(nn.Module):
   scaling_factor: float = 1.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  layout: str = "mmjax"
 
   @property
   def downsample_factor(self) -> int:
@@ -246,6 +337,8 @@ class KLAutoencoder(nn.Module):
     return 2 ** (len(self.channels) - 1)
 
   def setup(self):
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"KLAutoencoder.layout must be one of {LAYOUTS}, got {self.layout!r}")
     if not self.channels:
       raise ValueError("KLAutoencoder.channels must name at least one level width, e.g. (32, 64)")
     bad = sorted({c for c in self.channels if c % self.num_groups})
@@ -257,7 +350,8 @@ class KLAutoencoder(nn.Module):
                        f"channels[-1]={self.channels[-1]}")
     shared = dict(channels=tuple(self.channels), num_res_blocks=self.num_res_blocks,
                   num_groups=self.num_groups, mid_attention=self.mid_attention,
-                  num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype)
+                  num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                  layout=self.layout)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder = Encoder(latent_channels=self.latent_channels, **shared)
     self.quant_conv = conv(2 * self.latent_channels, "quant_conv", kernel_size=1, **kw)
