@@ -16,10 +16,10 @@ Rules:
     passed as that field (CLIP's towers, the text-to-image denoiser's text encoder and its
     UNet or DiT, the VQA / grounding towers).
   Shared settings (`SHARED_SETTINGS`: dtype, param_dtype, attention_impl, remat,
-    gelu_approximate): set at one level, a shared setting goes to that module if it has the
-    field, and to every sub-module below that has the field and does not set it itself, so
-    `model.dtype="bfloat16"` switches all towers. One that no module in its subtree has is an
-    error.
+    gelu_approximate, mlp_activation, layer_norm_epsilon): set at one level, a shared setting
+    goes to that module if it has the field, and to every sub-module below that has the field
+    and does not set it itself, so `model.dtype="bfloat16"` (or `model.mlp_activation=
+    "quick_gelu"`) switches all towers. One that no module in its subtree has is an error.
   dtype / param_dtype: strings ("float32", "bfloat16"), resolved here (`resolve_dtype`) only.
   Values from the data or the task (vocab_size, pad_id, eos_id, context_length / max_length,
     num_answers, a denoiser's context_dim, ...) are keyword arguments of `build_model`, for a
@@ -51,7 +51,8 @@ MODELS = {
     "vision_transformer": "mmjax.nn.vit:VisionTransformer",
     "vqa_classifier": "mmjax.models.vqa:VQAClassifier",
 }
-SHARED_SETTINGS = ("dtype", "param_dtype", "attention_impl", "remat", "gelu_approximate")
+SHARED_SETTINGS = ("dtype", "param_dtype", "attention_impl", "remat", "gelu_approximate",
+                   "mlp_activation", "layer_norm_epsilon")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _DTYPE_FIELDS = ("dtype", "param_dtype")
 _NOT_CONFIGURABLE = ("parent", "name")  # Flax's own fields

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from mmjax.nn import initializers
 from mmjax.nn.attention import make_padding_mask
-from mmjax.nn.transformer import Transformer
+from mmjax.nn.transformer import DEFAULT_LAYER_NORM_EPSILON, Transformer
 
 Dtype = Any
 
@@ -58,6 +58,8 @@ class TextTransformer(nn.Module):
       cross-attention (BLIP's unimodal text encoder) instead of raising.
     decode: KV-cached causal self-attention at per-row `positions` (autoregressive decoding);
       see `MultiHeadAttention`.
+    mlp_activation: "gelu" or "quick_gelu" (OpenAI CLIP), see `MlpBlock`.
+    layer_norm_epsilon: epsilon of every LayerNorm (the blocks', ln_final); open_clip's is 1e-5.
   """
   vocab_size: int
   context_length: int
@@ -78,6 +80,8 @@ class TextTransformer(nn.Module):
   decoder_attention: str | None = None
   context_optional: bool = False
   decode: bool = False
+  mlp_activation: str = "gelu"
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, tokens: jax.Array, context: jax.Array | None = None,
@@ -126,6 +130,8 @@ class TextTransformer(nn.Module):
                     gelu_approximate=self.gelu_approximate,
                     decoder_attention=self.decoder_attention,
                     context_optional=self.context_optional,
+                    mlp_activation=self.mlp_activation,
+                    layer_norm_epsilon=self.layer_norm_epsilon,
                     name="transformer")(x, context, mask=mask, context_mask=context_mask,
                                         causal=causal, positions=positions, decoder=decoder)
     if self.pool == "eos":

@@ -16,11 +16,36 @@ Dtype = Any
 # are the block's own sub-layers.
 RESERVED_SUBLAYER_NAMES = ("self_attn", "attn", "cross_attn", "cross", "mlp")
 
+# The MLP nonlinearities: "gelu" (tanh or erf form, by `gelu_approximate`) and OpenAI CLIP's
+# "quick_gelu", x * sigmoid(1.702 x), which its released weights were trained with.
+MLP_ACTIVATIONS = ("gelu", "quick_gelu")
+DEFAULT_LAYER_NORM_EPSILON = 1e-6  # flax's default; PyTorch's (open_clip's) is 1e-5
 
-def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """OpenAI CLIP's GELU approximation `x * sigmoid(1.702 x)` (any shape)."""
+  return x * jax.nn.sigmoid(jnp.asarray(1.702, x.dtype) * x)
+
+
+def check_mlp_activation(name: str) -> None:
+  """ValueError unless `name` is one of `MLP_ACTIVATIONS`."""
+  if name not in MLP_ACTIVATIONS:
+    raise ValueError(f"mlp_activation must be one of {MLP_ACTIVATIONS}, got {name!r}")
+
+
+def mlp_activation_fn(x: jax.Array, name: str, gelu_approximate: bool) -> jax.Array:
+  """The MLP nonlinearity `name` (see `MLP_ACTIVATIONS`) applied to `x` (any shape)."""
+  check_mlp_activation(name)
+  if name == "quick_gelu":
+    return quick_gelu(x)
+  return nn.gelu(x, approximate=gelu_approximate)
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype = jnp.float32,
+               epsilon: float = DEFAULT_LAYER_NORM_EPSILON) -> nn.LayerNorm:
   """LayerNorm with logically partitioned scale/bias (`("embed",)`)."""
   return nn.LayerNorm(
-      dtype=dtype, param_dtype=param_dtype, name=name,
+      epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
@@ -35,23 +60,25 @@ def dense(features: int, name: str, axes: tuple[str | None, str | None], *, dtyp
 
 
 class MlpBlock(nn.Module):
-  """Two-layer GELU MLP: `[..., D] -> [..., mlp_dim] -> [..., D]`.
+  """Two-layer MLP: `[..., D] -> [..., mlp_dim] -> activation -> [..., D]`.
 
   Attributes:
     gelu_approximate: tanh approximation of GELU (True) or the exact erf form (False, what
-      PyTorch's `nn.GELU()` and open_clip compute).
+      PyTorch's `nn.GELU()` and open_clip compute); used by mlp_activation="gelu".
+    mlp_activation: one of `MLP_ACTIVATIONS`: "gelu" or "quick_gelu" (OpenAI CLIP's weights).
   """
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
+  mlp_activation: str = "gelu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     h = dense(self.mlp_dim, "fc1", ("embed", "mlp"), dtype=self.dtype,
               param_dtype=self.param_dtype)(x)
-    h = nn.gelu(h, approximate=self.gelu_approximate)
+    h = mlp_activation_fn(h, self.mlp_activation, self.gelu_approximate)
     return dense(width, "fc2", ("mlp", "embed"), dtype=self.dtype,
                  param_dtype=self.param_dtype)(h)
 
@@ -61,9 +88,10 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
-def affine_free_layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
-  """LayerNorm without scale/bias (eps 1e-6): the adaLN modulation supplies them."""
-  return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
+def affine_free_layer_norm(name: str, dtype: Dtype,
+                           epsilon: float = DEFAULT_LAYER_NORM_EPSILON) -> nn.LayerNorm:
+  """LayerNorm without scale/bias: the adaLN modulation supplies them."""
+  return nn.LayerNorm(epsilon=epsilon, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
 
 class TransformerBlock(nn.Module):
@@ -87,6 +115,8 @@ class TransformerBlock(nn.Module):
     context_optional: with `cross_attention`, a call without `context` skips the
       cross-attention sub-layer (BLIP's unimodal text encoder) instead of raising.
     adaptive_norm: adaLN-Zero conditioning on `condition` (above); the call needs it.
+    mlp_activation: the MLP's nonlinearity, see `MlpBlock`.
+    layer_norm_epsilon: epsilon of every LayerNorm of the block (PyTorch / open_clip: 1e-5).
   """
   num_heads: int
   mlp_dim: int
@@ -99,6 +129,8 @@ class TransformerBlock(nn.Module):
   decoder_attention: str | None = None
   context_optional: bool = False
   adaptive_norm: bool = False
+  mlp_activation: str = "gelu"
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -124,17 +156,20 @@ class TransformerBlock(nn.Module):
       self_attn, ln_name = self.decoder_attention, f"ln_{self.decoder_attention}"
     else:
       self_attn, ln_name = "self_attn", "ln_attn"
-    h = layer_norm(ln_name, self.dtype, self.param_dtype)(x)
+    h = layer_norm(ln_name, self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
     x = x + self._attention(self_attn)(h, mask=mask, causal=causal or decoder, positions=positions)
     if self.cross_attention and (context is not None or not self.context_optional):
       if context is None:
         raise ValueError("this block has cross_attention=True but was called without context")
-      h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
+      h = layer_norm("ln_cross", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
       x = x + self._attention("cross_attn")(h, context, mask=context_mask)
-    h = layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
-    x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
-                     gelu_approximate=self.gelu_approximate, name="mlp")(h)
-    return x
+    h = layer_norm("ln_mlp", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
+    return x + self._mlp()(h)
+
+  def _mlp(self) -> MlpBlock:
+    return MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
+                    gelu_approximate=self.gelu_approximate, mlp_activation=self.mlp_activation,
+                    name="mlp")
 
   def _attention(self, name: str) -> MultiHeadAttention:
     return MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -155,17 +190,17 @@ class TransformerBlock(nn.Module):
             nn.silu(condition.astype(self.dtype)))
     shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = jnp.split(
         modulation, 6, axis=-1)
-    h = modulate(affine_free_layer_norm("ln_attn", self.dtype)(x), shift_attn, scale_attn)
+    h = modulate(affine_free_layer_norm("ln_attn", self.dtype, self.layer_norm_epsilon)(x),
+                 shift_attn, scale_attn)
     x = x + gate_attn[:, None, :] * self._attention("self_attn")(h, mask=mask, causal=causal)
     if self.cross_attention:
       if context is None:
         raise ValueError("this block has cross_attention=True but was called without context")
-      h = layer_norm("ln_cross", self.dtype, self.param_dtype)(x)
+      h = layer_norm("ln_cross", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
       x = x + self._attention("cross_attn")(h, context, mask=context_mask)
-    h = modulate(affine_free_layer_norm("ln_mlp", self.dtype)(x), shift_mlp, scale_mlp)
-    return x + gate_mlp[:, None, :] * MlpBlock(
-        self.mlp_dim, self.dtype, self.param_dtype, gelu_approximate=self.gelu_approximate,
-        name="mlp")(h)
+    h = modulate(affine_free_layer_norm("ln_mlp", self.dtype, self.layer_norm_epsilon)(x),
+                 shift_mlp, scale_mlp)
+    return x + gate_mlp[:, None, :] * self._mlp()(h)
 
 
 class Transformer(nn.Module):
@@ -176,6 +211,8 @@ class Transformer(nn.Module):
       activation memory.
     decoder_attention, context_optional, adaptive_norm: see `TransformerBlock`.
     final_norm: end with a LayerNorm ("ln_final"); a DiT applies its own modulated norm.
+    mlp_activation, layer_norm_epsilon: every block's (see `TransformerBlock`); the epsilon is
+      also ln_final's.
   """
   num_layers: int
   num_heads: int
@@ -191,6 +228,8 @@ class Transformer(nn.Module):
   context_optional: bool = False
   adaptive_norm: bool = False
   final_norm: bool = True
+  mlp_activation: str = "gelu"
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
@@ -210,8 +249,9 @@ class Transformer(nn.Module):
                         gelu_approximate=self.gelu_approximate,
                         decoder_attention=self.decoder_attention,
                         context_optional=self.context_optional,
-                        adaptive_norm=self.adaptive_norm, name=f"block_{i}")
+                        adaptive_norm=self.adaptive_norm, mlp_activation=self.mlp_activation,
+                        layer_norm_epsilon=self.layer_norm_epsilon, name=f"block_{i}")
       x = block(x, context, mask, context_mask, causal, positions, decoder, condition)
     if not self.final_norm:
       return x
-    return layer_norm("ln_final", self.dtype, self.param_dtype)(x)
+    return layer_norm("ln_final", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn import initializers
-from mmjax.nn.transformer import Transformer, dense, layer_norm
+from mmjax.nn.transformer import DEFAULT_LAYER_NORM_EPSILON, Transformer, dense, layer_norm
 
 Dtype = Any
 
@@ -76,6 +76,9 @@ class VisionTransformer(nn.Module):
     pool: "cls" (LayerNorm'd class token, as CLIP) or "gap" (mean over patch tokens).
     stem_channels: () for the plain patchify stem; else a `ConvStem` with these channels runs
       first and `patch_size` then applies to its output (image size / 2^len(stem_channels)).
+    mlp_activation: "gelu" or "quick_gelu" (OpenAI CLIP), see `MlpBlock`.
+    layer_norm_epsilon: epsilon of every LayerNorm (ln_pre, the blocks', ln_final); open_clip's
+      is 1e-5.
   """
   patch_size: int
   width: int
@@ -89,6 +92,8 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   gelu_approximate: bool = True
   stem_channels: tuple[int, ...] = ()
+  mlp_activation: str = "gelu"
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -119,11 +124,13 @@ class VisionTransformer(nn.Module):
     pos = self.param("pos_embed", nn.with_logical_partitioning(initializers.embedding,
                                                                (None, "embed")),
                      (x.shape[1], self.width), self.param_dtype)
-    x = layer_norm("ln_pre", self.dtype, self.param_dtype)(x + pos.astype(self.dtype))
+    x = layer_norm("ln_pre", self.dtype, self.param_dtype, self.layer_norm_epsilon)(
+        x + pos.astype(self.dtype))
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                     dtype=self.dtype, param_dtype=self.param_dtype,
                     attention_impl=self.attention_impl, remat=self.remat,
-                    gelu_approximate=self.gelu_approximate, name="transformer")(x)
+                    gelu_approximate=self.gelu_approximate, mlp_activation=self.mlp_activation,
+                    layer_norm_epsilon=self.layer_norm_epsilon, name="transformer")(x)
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "gap":
