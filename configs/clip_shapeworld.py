@@ -35,5 +35,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim = common.adamw(2e-3)
 
   c.eval = ml_collections.ConfigDict(dict(zero_shot_images=1000, retrieval_images=500,
-                                          batch_size=256))
+                                          batch_size=256, **common.zero_shot_classes()))
   return c

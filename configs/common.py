@@ -62,19 +62,40 @@ def trainer(task: str, *, batch_size: int, total_steps: int, eval_every: int,
   return c
 
 
+# The keys a user's data needs (`mmjax/data/sources.py`), present in every data section so that
+# `--config.data.name=jsonl --config.data.path=my_captions.jsonl` works on any config:
+# name "shapeworld" | "jsonl" | "tfds"; path: the JSONL file/folder or the TFDS name; eval_path
+# (else a held-out eval_fraction of the records); resize "center_crop" | "stretch"; tokenizer
+# "shapeworld" | "bpe" (vocab_size, trained on the train captions) | "clip" | "clip:PATH" |
+# "sentencepiece:PATH" | "hf:PATH".
+USER_DATA = dict(path="", eval_path="", eval_fraction=0.05, resize="center_crop",
+                 tokenizer="shapeworld", vocab_size=8192)
+TFDS = dict(train_split="train", eval_split="validation", image_feature="image",
+            caption_feature="captions/text", label_feature="", data_dir="")
+
+
 def shapeworld_data(*, image_size: int, num_objects: tuple[int, int],
                     context_length: int | None = None) -> ConfigDict:
   """The embedded ShapeWorld stream (seed 0, 10M training examples); `context_length` (text
   rows' tokens) for tasks that read text. `on_bad_example` ("error" | "skip") and
   `max_bad_fraction` say what the training pipeline does with an unreadable example
-  (`mmjax.data.pipeline`; ShapeWorld has none, a user's image folder may)."""
+  (`mmjax.data.pipeline`; ShapeWorld has none, a user's image folder may). The `USER_DATA`
+  and `tfds` keys select a user's data instead."""
   data = dict(name="shapeworld", seed=0, image_size=image_size, num_objects=num_objects)
   if context_length is not None:
     data["context_length"] = context_length
   data["train_length"] = 10_000_000
   data["on_bad_example"] = "error"
   data["max_bad_fraction"] = 0.01
+  data.update(USER_DATA, tfds=ConfigDict(TFDS))
   return ConfigDict(data)
+
+
+def zero_shot_classes() -> dict:
+  """`eval` keys for zero-shot on a user's data: class_names (list of str, indexed by the
+  records' int `label`) and templates (format strings with "{}"); empty: no zero-shot metric
+  (ShapeWorld uses its own 48 classes)."""
+  return dict(class_names=(), templates=("a photo of a {}.",))
 
 
 def adamw(learning_rate: float, **overrides) -> ConfigDict:

@@ -14,15 +14,20 @@ from typing import Any
 import numpy as np
 
 from mmjax.data import pipeline, shapeworld
+from mmjax.data.sources import image_text_source
 from mmjax.data.tokenizer import Tokenizer
 
 
 def shapeworld_source(data: Any, split: str, length: int,
                       num_objects=None) -> shapeworld.ShapeWorld:
   """The `split` ShapeWorld source of `length` examples from the task's `config.data`
-  (name, seed, image_size, num_objects; `num_objects` overrides the last)."""
+  (name, seed, image_size, num_objects; `num_objects` overrides the last): for the tasks whose
+  examples need ShapeWorld's scene annotations (questions, boxes). The others read any source
+  through `mmjax.data.sources.image_text_source`."""
   if data.name != "shapeworld":
-    raise ValueError(f"data.name must be 'shapeworld', got {data.name!r}")
+    raise ValueError(f"data.name must be 'shapeworld' for this task (its examples are built "
+                     f"from ShapeWorld's scene annotations: questions, boxes), got "
+                     f"{data.name!r}")
   return shapeworld.ShapeWorld(split=split, length=length, seed=data.seed,
                                image_size=data.image_size,
                                num_objects=tuple(num_objects or data.num_objects))
@@ -42,7 +47,7 @@ def image_text_train_batches(config: Any, tokenizer: Tokenizer,
   (`pipeline.image_text_batches` over the train split; `options` such as caption_choice)."""
   data = config.data
   return pipeline.batch_iterator(pipeline.image_text_batches(
-      shapeworld_source(data, "train", data.train_length), tokenizer,
+      image_text_source(data, "train", data.train_length), tokenizer,
       batch_size=config.batch_size // process_count, context_length=data.context_length,
       seed=config.seed, process_index=process_index, process_count=process_count,
       **bad_example_options(data), **options))

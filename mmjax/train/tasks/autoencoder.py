@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mmjax.data import pipeline, shapeworld
-from mmjax.data.shapeworld_inputs import bad_example_options, check_images, shapeworld_source
+from mmjax.data import pipeline
+from mmjax.data.shapeworld_inputs import bad_example_options, check_images
+from mmjax.data.sources import image_text_source
 from mmjax.models import build_model
 from mmjax.nn.autoencoder import (RECONSTRUCTION_LOSSES, KLAutoencoder, autoencoder_loss,
                                   estimate_scaling_factor)
@@ -73,8 +74,8 @@ class AutoencoderTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
 
-  def _source(self, split: str, length: int) -> shapeworld.ShapeWorld:
-    return shapeworld_source(self.config.data, split, length)
+  def _source(self, split: str, length: int):
+    return image_text_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
     source = self._source("train", self.config.data.train_length)
@@ -111,8 +112,8 @@ class AutoencoderTask(Task):
   def eval_images(self) -> np.ndarray:
     """The fixed held-out images float32 `[eval.num_images, S, S, 3]` in [0, 1]."""
     if self._eval_images is None:
-      n = self.config.eval.num_images
-      source = self._source("test", n)
+      source = self._source("test", self.config.eval.num_images)
+      n = len(source)
       size = self.config.data.image_size
       load = _LoadImage(source, (size, size, 3))
       self._eval_images = np.stack([load(i, i)["image"] for i in range(n)])

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from mmjax import decoding, losses
 from mmjax.data.shapeworld_inputs import check_caption_batch, image_text_train_batches
-from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.data.sources import task_tokenizer
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.blip import BLIP
@@ -69,7 +69,7 @@ class BLIPTask(Task):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     _check_config(config)
-    self.tokenizer = tok = shapeworld_tokenizer()
+    self.tokenizer = tok = task_tokenizer(config.data)
     prompt = config.loss.lm_prompt.strip()
     self.prompt_ids = np.asarray(tok.encode(prompt) if prompt else [], np.int32)
     if (self.prompt_ids == tok.unk_id).any():
@@ -187,9 +187,10 @@ class BLIPTask(Task):
                                                       method=BLIP.encode_text)
       arrays = image_text_eval.retrieval_arrays(self.config, self.tokenizer)
       rerank = dict(rerank_fn=self._itm_scores, rerank_k=cfg.itm_rerank_k)
+      zero_shot = image_text_eval.zero_shot_evaluator(self.config, self.tokenizer, embed_image,
+                                                      embed_text)
       self._evaluators = {
-          "zero_shot": image_text_eval.zero_shot_evaluator(self.config, self.tokenizer,
-                                                           embed_image, embed_text),
+          **({"zero_shot": zero_shot} if zero_shot is not None else {}),
           "retrieval": image_text_eval.retrieval_evaluator(self.config, arrays, embed_image,
                                                            embed_text, **rerank)}
       self._retrieval_captions = arrays["captions"]

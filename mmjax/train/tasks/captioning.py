@@ -22,8 +22,8 @@ from jax.sharding import Mesh
 from mmjax import decoding, metrics
 from mmjax.data import pipeline, shapeworld
 from mmjax.data.shapeworld_inputs import (check_caption_batch, image_text_init_inputs,
-                                          image_text_train_batches, shapeworld_source)
-from mmjax.data.shapeworld_text import shapeworld_tokenizer
+                                          image_text_train_batches)
+from mmjax.data.sources import image_text_source, task_tokenizer
 from mmjax.data.tokenizer import split_words
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
@@ -55,7 +55,7 @@ class CaptionTask(Task):
       raise ValueError(f"eval.num_beams must be >= 1 (1 = greedy), got {config.eval.num_beams}")
     if config.eval.num_images < 1:
       raise ValueError(f"eval.num_images must be >= 1, got {config.eval.num_images}")
-    self.tokenizer = shapeworld_tokenizer()
+    self.tokenizer = task_tokenizer(config.data)
     self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size,
                               max_length=config.data.context_length)
     # Caption words + EOS after the BOS prompt fill the decoder's context_length positions.
@@ -71,7 +71,7 @@ class CaptionTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int):
-    return shapeworld_source(self.config.data, split, length)
+    return image_text_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
     return image_text_train_batches(self.config, self.tokenizer, process_index, process_count,
@@ -100,23 +100,24 @@ class CaptionTask(Task):
   def _eval_data(self) -> dict[str, Any]:
     """The first `eval.num_images` test images with all captions and labels, built once.
 
-    Returns image float32 `[N, H, W, 3]`, text int32 `[5N, L]` (row 5 i + k = caption k of
-    image i), references (N lists of 5 str), num_objects int `[N]`, shape/colour/size int `[N, M]`.
+    Returns image float32 `[N, H, W, 3]`, text int32 `[T, L]` (T captions; ShapeWorld: row
+    5 i + k = caption k of image i), text_to_image int `[T]`, references (N lists of str) and,
+    for ShapeWorld, num_objects int `[N]`, shape/colour/size int `[N, M]`.
     """
     if self._eval_cache is None:
-      num_images = self.config.eval.num_images
-      source = self._source("test", num_images)
+      source = self._source("test", self.config.eval.num_images)
+      num_images = len(source)
       arrays = pipeline.eval_arrays(source, self.tokenizer, self.config.data.context_length,
                                     num_images)
-      items = [source[i] for i in range(num_images)]
       owners = arrays["text_to_image"]
       references = [[c for c, o in zip(arrays["captions"], owners) if o == i]
                     for i in range(num_images)]
-      self._eval_cache = dict(
-          image=arrays["image"], text=arrays["text"], text_to_image=owners,
-          references=references,
-          **{key: np.stack([item[key] for item in items])
-             for key in ATTRIBUTE_LABELS})
+      attributes = {}
+      if self.config.data.name == "shapeworld":
+        items = [source[i] for i in range(num_images)]
+        attributes = {key: np.stack([item[key] for item in items]) for key in ATTRIBUTE_LABELS}
+      self._eval_cache = dict(image=arrays["image"], text=arrays["text"], text_to_image=owners,
+                              references=references, **attributes)
     return self._eval_cache
 
   def _generate(self, params, images: jax.Array) -> jax.Array:
@@ -149,15 +150,17 @@ class CaptionTask(Task):
     return float(sum(s for _, (s, _) in sums) / max(sum(c for _, (_, c) in sums), 1.0))
 
   def evaluators(self) -> dict[str, Any]:
-    """{"captioning": CaptioningEvaluator} of the eval images with their attribute labels,
-    built on first use."""
+    """{"captioning": CaptioningEvaluator} of the eval images (with ShapeWorld's attribute
+    labels, for its attribute accuracies), built on first use."""
     if self._evaluators is None:
       data = self._eval_data()
-      labels = {key: data[key] for key in ATTRIBUTE_LABELS}
+      attributes = {}
+      if self.config.data.name == "shapeworld":
+        attributes = dict(attribute_labels={key: data[key] for key in ATTRIBUTE_LABELS},
+                          attribute_metrics=shapeworld_attribute_metrics)
       self._evaluators = {"captioning": CaptioningEvaluator(
           self._generate, self.tokenizer, data["image"], data["references"],
-          self.config.eval.batch_size, attribute_labels=labels,
-          attribute_metrics=shapeworld_attribute_metrics)}
+          self.config.eval.batch_size, **attributes)}
     return self._evaluators
 
   def generate_captions(self, params, images: np.ndarray, mesh: Mesh) -> list[str]:

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from mmjax import losses
 from mmjax.data.shapeworld_inputs import (check_images, check_tokens, image_text_init_inputs,
                                           image_text_train_batches, text_tower_fields)
-from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.data.sources import task_tokenizer
 from mmjax.models import build_model
 from mmjax.models.clip import CLIP
 from mmjax.train import sharding
@@ -62,7 +62,7 @@ class ContrastiveTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self.tokenizer = shapeworld_tokenizer()
+    self.tokenizer = task_tokenizer(config.data)
     self._model = build_model(config.model, text_encoder=text_tower_fields(
         self.tokenizer, config.data.context_length))
     self._evaluators = None
@@ -121,8 +121,9 @@ class ContrastiveTask(Task):
   # -- evaluation -----------------------------------------------------------------------------
 
   def evaluators(self) -> dict[str, Any]:
-    """{"zero_shot": ZeroShotEvaluator, "retrieval": RetrievalEvaluator} over the model's
-    `encode_image` / `encode_text`, built (test data rendered) on first use."""
+    """{"zero_shot": ZeroShotEvaluator (absent for a user's data without eval.class_names),
+    "retrieval": RetrievalEvaluator} over the model's `encode_image` / `encode_text`, built
+    (test data read) on first use."""
     if self._evaluators is None:
       model = self._model
       embed_image = lambda params, images: model.apply({"params": params}, images,
@@ -130,9 +131,10 @@ class ContrastiveTask(Task):
       embed_text = lambda params, tokens: model.apply({"params": params}, tokens,
                                                       method=model.encode_text)
       arrays = image_text_eval.retrieval_arrays(self.config, self.tokenizer)
+      zero_shot = image_text_eval.zero_shot_evaluator(self.config, self.tokenizer, embed_image,
+                                                      embed_text)
       self._evaluators = {
-          "zero_shot": image_text_eval.zero_shot_evaluator(self.config, self.tokenizer,
-                                                           embed_image, embed_text),
+          **({"zero_shot": zero_shot} if zero_shot is not None else {}),
           "retrieval": image_text_eval.retrieval_evaluator(self.config, arrays, embed_image,
                                                            embed_text)}
       self._retrieval_captions = arrays["captions"]

@@ -29,8 +29,8 @@ from mmjax import diffusion
 from mmjax.diffusion import parameterization
 from mmjax.data import pipeline
 from mmjax.data.shapeworld_inputs import (bad_example_options, check_images, check_tokens,
-                                          shapeworld_source, text_tower_fields)
-from mmjax.data.shapeworld_text import shapeworld_tokenizer
+                                          text_tower_fields)
+from mmjax.data.sources import image_text_source, task_tokenizer
 from mmjax.models import build_model
 from mmjax.models.text_to_image import DENOISERS, TextToImageDenoiser
 from mmjax.train import sharding
@@ -54,7 +54,7 @@ class DiffusionTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self.tokenizer = shapeworld_tokenizer()
+    self.tokenizer = task_tokenizer(config.data)
     denoiser = config.model.get("denoiser")
     if not hasattr(denoiser, "get") or denoiser.get("name") not in DENOISERS:
       raise ValueError(f"model.denoiser must be a dict whose name is one of {DENOISERS}, got "
@@ -87,7 +87,7 @@ class DiffusionTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def _source(self, split: str, length: int):
-    return shapeworld_source(self.config.data, split, length)
+    return image_text_source(self.config.data, split, length)
 
   def train_batches(self, process_index: int, process_count: int):
     return pipeline.batch_iterator(pipeline.image_text_batches(
@@ -170,13 +170,15 @@ class DiffusionTask(Task):
     """A fixed held-out batch: images in [0, 1], first captions' tokens, fixed noise."""
     if self._eval_cache is None:
       cfg = self.config.eval
-      arrays = pipeline.eval_arrays(self._source("test", cfg.batch_size), self.tokenizer,
-                                    self.config.data.context_length, cfg.batch_size)
-      captions_per_image = len(arrays["text"]) // cfg.batch_size
+      source = self._source("test", cfg.batch_size)
+      count = len(source)
+      arrays = pipeline.eval_arrays(source, self.tokenizer, self.config.data.context_length,
+                                    count)
+      first_caption = np.unique(arrays["text_to_image"], return_index=True)[1]
       noise = np.asarray(jax.random.normal(jax.random.key(cfg.seed),
-                                           (cfg.batch_size,) + self.space.shape, jnp.float32))
-      self._eval_cache = dict(image=arrays["image"],
-                              text=arrays["text"][::captions_per_image], noise=noise)
+                                           (count,) + self.space.shape, jnp.float32))
+      self._eval_cache = dict(image=arrays["image"], text=arrays["text"][first_caption],
+                              noise=noise)
     return self._eval_cache
 
   def eval_losses(self, params, mesh: Mesh) -> jax.Array:

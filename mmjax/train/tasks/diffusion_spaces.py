@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmjax.data import shapeworld
+from mmjax.data.sources import image_text_source
 from mmjax.nn.autoencoder import KLAutoencoder, estimate_scaling_factor
 from mmjax.train.config import load_run_config
 
@@ -108,9 +108,7 @@ def load_latent_space(config: ml_collections.ConfigDict, data: ml_collections.Co
   model = run.task.model
   scaling_factor = config.scaling_factor
   if scaling_factor is None:
-    source = shapeworld.ShapeWorld("train", config.scale_images, seed=data.seed,
-                                   image_size=data.image_size,
-                                   num_objects=tuple(data.num_objects))
+    source = image_text_source(data, "train", config.scale_images)
     images = np.stack([source[i]["image"] for i in range(len(source))]) / np.float32(255)
     posterior = jax.jit(lambda x: model.apply({"params": params}, x * 2.0 - 1.0,
                                               method=KLAutoencoder.encode))(images)

@@ -246,10 +246,11 @@ class SuperResolutionTask(DiffusionTask):
     this stage's sample from it, the original], with its first caption (samples.txt)."""
     from mmjax.train import plots
     cfg = self.config.sample
-    count = len(cfg.prompts)
-    arrays = pipeline.eval_arrays(self._source("test", count), self.tokenizer,
-                                  self.config.data.context_length, count)
-    captions = arrays["captions"][::len(arrays["captions"]) // count]
+    source = self._source("test", len(cfg.prompts))
+    count = len(source)
+    arrays = pipeline.eval_arrays(source, self.tokenizer, self.config.data.context_length, count)
+    first_caption = np.unique(arrays["text_to_image"], return_index=True)[1]
+    captions = [arrays["captions"][i] for i in first_caption]
     images = arrays["image"]
     low = np.asarray(area_downsample(images, self.config.superres.low_res_size))
     samples = self.sample_superres(params, low, captions, steps=cfg.steps, guidance=cfg.guidance,
