@@ -45,7 +45,7 @@ import regex
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
-from mmjax.data.tokenizer import check_text, pack_batch
+from mmjax.data.tokenizer import check_text, decodable_ids, pack_batch
 
 DEFAULT_MERGES_PATH = (pathlib.Path(__file__).resolve().parent.parent / "assets" /
                        "clip_bpe_simple_vocab_16e6.txt.gz")
@@ -234,21 +234,9 @@ class ClipTokenizer:
                       bos_id=self.bos_id, eos_id=self.eos_id)
 
   def decode(self, ids: Iterable[int]) -> str:
-    ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids)).reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"decode expects integer token ids, got dtype {ids.dtype}")
-    kept = []
-    for i in ids.tolist():
-      if i == self.eos_id:
-        break
-      if i != self.bos_id:
-        kept.append(i)
-    while kept and kept[-1] == self.pad_id:
-      kept.pop()
-    bad = [i for i in kept if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f"token ids {bad[:5]} are outside the CLIP vocabulary [0, "
-                       f"{self.vocab_size})")
+    kept = decodable_ids(ids, eos_id=self.eos_id, skip_ids=(self.bos_id,),
+                         vocab_size=self.vocab_size, trailing_pad_id=self.pad_id,
+                         what="the CLIP vocabulary")
     return self._bpe.decode(kept, skip_special_tokens=False).rstrip(" ")
 
   def decode_batch(self, ids: np.ndarray) -> list[str]:

@@ -27,13 +27,17 @@ def to_square_rgb(image, image_size: int, resize: str = "center_crop") -> np.nda
   """A PIL image or uint8 array `[H, W(, C)]` -> uint8 `[image_size, image_size, 3]`.
 
   "center_crop" scales the shorter side to `image_size` and crops the centre (keeps the aspect
-  ratio); "stretch" resizes both sides. Bicubic resampling.
+  ratio); "stretch" resizes both sides. Bicubic resampling. 16-bit and 32-bit greyscale images
+  (PIL modes "I;16*", "I", "F") are scaled to 8 bits by their type's range (PIL's own RGB
+  conversion would clip them to white); palette and alpha images are flattened to RGB.
   """
   from PIL import Image
   if resize not in RESIZE_MODES:
     raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
   if isinstance(image, np.ndarray):
     image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+  if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+    image = Image.fromarray(_wide_grey_to_uint8(np.asarray(image), image.mode))
   image = image.convert("RGB")
   width, height = image.size
   if resize == "center_crop":
@@ -45,6 +49,19 @@ def to_square_rgb(image, image_size: int, resize: str = "center_crop") -> np.nda
   else:
     image = image.resize((image_size, image_size), Image.BICUBIC)
   return np.asarray(image, np.uint8)
+
+
+def _wide_grey_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+  """A 16/32-bit integer or float greyscale array -> uint8 by its range: 16-bit by 65535 (also
+  mode "I" holding only values in [0, 65535], how PIL opens many 16-bit files), other 32-bit
+  integers by the int32 range, floats as values in [0, 1] (clipped)."""
+  if mode == "F":
+    values = np.clip(pixels.astype(np.float64), 0.0, 1.0)
+  elif mode.startswith("I;16") or (pixels.size and pixels.min() >= 0 and pixels.max() <= 65535):
+    values = pixels.astype(np.float64) / 65535.0
+  else:
+    values = (pixels.astype(np.float64) - np.iinfo(np.int32).min) / (2.0 ** 32 - 1)
+  return np.round(values * 255.0).astype(np.uint8)
 
 
 def _parse_captions(value: Any, where: str) -> tuple[str, ...]:

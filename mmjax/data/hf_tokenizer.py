@@ -22,7 +22,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from mmjax.data.tokenizer import BOS, EOS, PAD, SPECIALS, UNK, check_text, pack_batch
+from mmjax.data.tokenizer import (BOS, EOS, PAD, SPECIALS, UNK, check_text, decodable_ids,
+                                  pack_batch)
 
 _BYTE_ALPHABET_SIZE = 256
 
@@ -96,18 +97,8 @@ class HFTokenizer:
                       bos_id=self.bos_id, eos_id=self.eos_id)
 
   def decode(self, ids: Iterable[int]) -> str:
-    ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids)).reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"decode expects integer token ids, got dtype {ids.dtype}")
-    kept = []
-    for i in ids.tolist():
-      if i == self.eos_id:
-        break
-      if i not in (self.pad_id, self.bos_id):
-        kept.append(i)
-    bad = [i for i in kept if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+    kept = decodable_ids(ids, eos_id=self.eos_id, skip_ids=(self.pad_id, self.bos_id),
+                         vocab_size=self.vocab_size)
     return self._tokenizer.decode(kept, skip_special_tokens=False).strip()
 
   def decode_batch(self, ids: np.ndarray) -> list[str]:

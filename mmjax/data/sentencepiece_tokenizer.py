@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece
 
-from mmjax.data.tokenizer import check_text
+from mmjax.data.tokenizer import check_text, decodable_ids
 
 
 class SentencePieceTokenizer:
@@ -85,19 +85,8 @@ class SentencePieceTokenizer:
     return out
 
   def decode(self, ids: Iterable[int]) -> str:
-    ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids)).reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"decode expects integer token ids, got dtype {ids.dtype}")
-    kept = []
-    for i in ids.tolist():
-      if i == self.eos_id:
-        break
-      if i not in (self.pad_id, self.bos_id):
-        kept.append(i)
-    bad = [i for i in kept if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size}) "
-                       f"of {self.source}")
+    kept = decodable_ids(ids, eos_id=self.eos_id, skip_ids=(self.pad_id, self.bos_id),
+                         vocab_size=self.vocab_size, what=f"the vocabulary of {self.source}")
     return self._sp.decode(kept)
 
   def decode_batch(self, ids: np.ndarray) -> list[str]:

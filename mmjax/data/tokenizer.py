@@ -79,6 +79,32 @@ def pack_batch(token_lists: Sequence[Sequence[int]], context_length: int, *, pad
   return out
 
 
+def decodable_ids(ids: Iterable[int], *, eos_id: int, skip_ids: Sequence[int], vocab_size: int,
+                  trailing_pad_id: int | None = None, what: str = "the vocabulary") -> list[int]:
+  """The ids a tokenizer's `decode` turns into text: those before the first `eos_id`, without
+  `skip_ids` and, if given, without a run of `trailing_pad_id` at the end (for a vocabulary
+  whose pad id is also a real token, as CLIP's 0 = "!").
+
+  `ids` is any int sequence or array; a float array or an id outside [0, vocab_size) is a
+  ValueError naming `what`.
+  """
+  ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids)).reshape(-1)
+  if ids.size and not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"decode expects integer token ids, got dtype {ids.dtype}")
+  kept = []
+  for i in ids.tolist():
+    if i == eos_id:
+      break
+    if i not in skip_ids:
+      kept.append(i)
+  while trailing_pad_id is not None and kept and kept[-1] == trailing_pad_id:
+    kept.pop()
+  bad = [i for i in kept if not 0 <= i < vocab_size]
+  if bad:
+    raise ValueError(f"token ids {bad[:5]} are outside {what} [0, {vocab_size})")
+  return kept
+
+
 class WordTokenizer:
   """Closed-vocabulary word tokenizer (see the module docstring for the splitting rule).
 

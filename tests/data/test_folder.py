@@ -189,3 +189,23 @@ def test_tfds_source_without_tfds_names_the_package(monkeypatch):
 def test_tfds_source_reads_the_prepared_fixture_with_real_tfds():
   pytest.importorskip("tensorflow_datasets")  # optional: mmjax[data]
   assert_tfds_items(tfds_source())
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_wide_greyscale_images_are_scaled_not_clipped(tmp_path, mode):
+  from PIL import Image
+  from mmjax.data.folder import to_square_rgb
+  levels = np.array([[0, 16384], [32768, 65535]], np.float64)  # 16-bit levels
+  if mode == "F":
+    image = Image.fromarray((levels / 65535).astype(np.float32), mode="F")
+  elif mode == "I":
+    image = Image.fromarray(levels.astype(np.int32), mode="I")
+  else:
+    image = Image.fromarray(levels.astype(np.uint16))
+    path = tmp_path / "deep.png"
+    image.save(path)  # a 16-bit PNG on disk, read back as a user's file would be
+    image = Image.open(path)
+  assert image.mode == mode
+  got = to_square_rgb(image, 2, resize="stretch")
+  expected = np.round(levels / 65535 * 255).astype(np.uint8)
+  np.testing.assert_array_equal(got, np.repeat(expected[..., None], 3, axis=-1))
