@@ -315,7 +315,7 @@ def convert_params(state: dict[str, np.ndarray], arch: dict[str, Any]) -> dict[s
   return jax.tree.map(lambda a: np.array(a, np.float32, order="C"), params)
 
 
-def _quick_gelu_from(path: pathlib.Path, metadata: dict[str, str]) -> bool:
+def quick_gelu_from_checkpoint(path: pathlib.Path, metadata: dict[str, str]) -> bool:
   """QuickGELU or not, from the metadata key, else the path's name; a note when neither tells."""
   if ACTIVATION_METADATA_KEY in metadata:
     value = metadata[ACTIVATION_METADATA_KEY]
@@ -377,7 +377,7 @@ def load_clip(path: str | pathlib.Path, *, quick_gelu: bool | None = None,
   state, metadata = read_state_dict_with_metadata(path)
   state, arch = _prepare(state, path, vision_heads, text_heads)
   if quick_gelu is None:
-    quick_gelu = _quick_gelu_from(path, metadata)
+    quick_gelu = quick_gelu_from_checkpoint(path, metadata)
   config = _config(arch, float(state["logit_scale"]), quick_gelu, dtype)
   model = build_model(config["model"], text_encoder=config["text_tower_fields"])
   params = convert_params(state, arch)

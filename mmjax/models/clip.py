@@ -28,6 +28,10 @@ class CLIP(nn.Module):
     embed_dim: shared embedding width E.
     logit_scale_init: initial log of the inverse temperature (CLIP: log(1/0.07); SigLIP: log 10).
     logit_bias_init: if set, a learnable logit bias is created (SigLIP: -10).
+    image_mean, image_std: per-channel (R, G, B) normalisation applied to the images first,
+      `(images - mean) / std`, so a model warm-started from a public checkpoint (trained on
+      normalised pixels, e.g. `mmjax.convert.OPENAI_CLIP_MEAN/STD`) takes mmjax's [0, 1]
+      images; None (default): images are used as given.
   """
   image_encoder: nn.Module
   text_encoder: nn.Module
@@ -35,6 +39,8 @@ class CLIP(nn.Module):
   logit_scale_init: float = math.log(1 / 0.07)
   logit_bias_init: float | None = None
   dtype: Dtype = jnp.float32
+  image_mean: tuple[float, ...] | None = None
+  image_std: tuple[float, ...] | None = None
 
   def setup(self):
     self.image_proj = dense(self.embed_dim, "image_proj", ("embed", "embed_out"),
@@ -48,6 +54,11 @@ class CLIP(nn.Module):
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     """`[B, H, W, C]` -> normalised `[B, E]` float32."""
+    if (self.image_mean is None) != (self.image_std is None):
+      raise ValueError("set both image_mean and image_std (per-channel), or neither")
+    if self.image_mean is not None:
+      mean = jnp.asarray(self.image_mean, images.dtype)
+      images = (images - mean) / jnp.asarray(self.image_std, images.dtype)
     _, pooled = self.image_encoder(images)
     return l2_normalize(self.image_proj(pooled))
 

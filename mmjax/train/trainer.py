@@ -153,7 +153,7 @@ def _restore_or_init(config, checkpointer, abstract_state, init_fn, data_iter, m
     data_iter = make_data_iter()  # A failed restore may have moved the iterator.
   state = init_fn()
   init_from = config.get("init_from")
-  if init_from is not None and init_from.get("workdir"):
+  if init_from is not None and (init_from.get("workdir") or init_from.get("checkpoint")):
     params, lines = warm_start(state.params, init_from, mesh, state_shardings.params)
     state = state.replace(params=params)
     if is_main:

@@ -11,6 +11,11 @@ Config section (off when `workdir` is empty):
 Each pair names a subtree by its '/'-separated keys in the source run's params and in this
 run's params; the two must have the same keys, shapes and dtypes (an error lists what
 differs). Only a fresh run is warm-started: a resumed run restores its own checkpoint.
+
+Instead of a run, `checkpoint="ViT-B-32.safetensors"` names a public open_clip / OpenAI CLIP
+state dict, converted by `mmjax.convert.load_clip` (`quick_gelu` as there: None decides from
+the file); its params have CLIP's keys (image_encoder, text_encoder, image_proj, text_proj,
+logit_scale). `configs/clip_finetune.py` builds the matching model from the file's shapes.
 """
 from __future__ import annotations
 
@@ -93,19 +98,28 @@ def warm_start(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
   """
   mappings = [parse_mapping(item) for item in init_from.params]
   if not mappings:
-    raise ValueError("init_from.workdir is set but init_from.params names no subtree to copy")
-  step = init_from.get("step", -1)
-  source = restore_params(source_config(init_from), init_from.workdir,
-                          step=None if step is None or step < 0 else int(step),
-                          devices=mesh.devices.flatten())
+    raise ValueError("init_from is set but init_from.params names no subtree to copy")
+  if init_from.get("checkpoint") and init_from.get("workdir"):
+    raise ValueError("set init_from.workdir (a trained run) or init_from.checkpoint (a public "
+                     "CLIP file), not both")
+  if init_from.get("checkpoint"):
+    from mmjax.convert import load_clip
+    _, source_params = load_clip(init_from.checkpoint, quick_gelu=init_from.get("quick_gelu"))
+    origin, source_step = init_from.checkpoint, "(converted)"
+  else:
+    step = init_from.get("step", -1)
+    source = restore_params(source_config(init_from), init_from.workdir,
+                            step=None if step is None or step < 0 else int(step),
+                            devices=mesh.devices.flatten())
+    source_params, origin, source_step = source.params, init_from.workdir, f"step {source.step}"
   lines = []
   for item, (source_path, target_path) in zip(init_from.params, mappings):
-    copied = get_subtree(source.params, source_path, f"the source run's ({init_from.workdir})")
+    copied = get_subtree(source_params, source_path, f"the source's ({origin})")
     target = get_subtree(params, target_path, "this run's")
     check_same_structure(copied, target, item)
     placed = jax.device_put(copied, get_subtree(param_shardings, target_path, "this run's"))
     params = set_subtree(params, target_path, placed)
     count = sum(x.size for x in jax.tree.leaves(copied))
-    lines.append(f"warm start: {'/'.join(target_path)} <- {init_from.workdir} step "
-                 f"{source.step} {'/'.join(source_path)} ({count:,} values)")
+    lines.append(f"warm start: {'/'.join(target_path)} <- {origin} {source_step} "
+                 f"{'/'.join(source_path)} ({count:,} values)")
   return params, lines
