@@ -209,3 +209,31 @@ def test_wide_greyscale_images_are_scaled_not_clipped(tmp_path, mode):
   got = to_square_rgb(image, 2, resize="stretch")
   expected = np.round(levels / 65535 * 255).astype(np.uint8)
   np.testing.assert_array_equal(got, np.repeat(expected[..., None], 3, axis=-1))
+
+
+def test_tfds_from_a_data_config_section(monkeypatch):
+  """data.name=tfds: the TFDS name, the split per task split, and the nested caption and label
+  features named in data.tfds reach `tfds.data_source` and the items."""
+  import ml_collections
+  from mmjax.data import sources
+  calls = []
+
+  def data_source(name, *, split, data_dir=None):
+    calls.append((name, split, data_dir))
+    return served_records()
+
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                      types.SimpleNamespace(data_source=data_source))
+  name, _ = tfds_expected()
+  data = ml_collections.ConfigDict(dict(
+      name="tfds", path=name, image_size=8, resize="center_crop", seed=0,
+      tfds=dict(train_split="train[:90%]", eval_split="train[90%:]", image_feature="image",
+                caption_feature="captions/text", label_feature="label",
+                data_dir=str(TFDS_FIXTURE / "data"))))
+  assert_tfds_items(sources.image_text_source(data, "train"))
+  sources.image_text_source(data, "test", 1)
+  assert calls == [(name, "train[:90%]", str(TFDS_FIXTURE / "data")),
+                   (name, "train[90%:]", str(TFDS_FIXTURE / "data"))]
+  data.tfds.caption_feature = "captions/words"
+  with pytest.raises(ValueError, match="no feature 'captions/words'"):
+    sources.image_text_source(data, "train")[0]
