@@ -12,6 +12,9 @@ on first use, e.g. `mmjax.metrics.inception.load_fid_inception(path)`).
 """
 import importlib
 
+from mmjax.metrics.av_sync import predict_offset
+from mmjax.metrics.av_sync import sync_accuracy
+from mmjax.metrics.av_sync import sync_distances
 from mmjax.metrics.average_precision import binary_average_precision
 from mmjax.metrics.average_precision import mean_average_precision
 from mmjax.metrics.bleu import corpus_bleu
@@ -31,6 +34,12 @@ from mmjax.metrics.fid import frechet_distance
 from mmjax.metrics.fid import mean_and_covariance
 from mmjax.metrics.inception_score import inception_score
 from mmjax.metrics.kid import kid
+from mmjax.metrics.localization import binarize_at_median
+from mmjax.metrics.localization import boxes_to_masks
+from mmjax.metrics.localization import centre_box_baseline
+from mmjax.metrics.localization import localization_ciou
+from mmjax.metrics.localization import localization_summary
+from mmjax.metrics.localization import pointing_accuracy
 from mmjax.metrics.retrieval import retrieval_ranks
 from mmjax.metrics.retrieval import retrieval_recall
 from mmjax.metrics.retrieval import retrieval_recall_from_embeddings
