@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 MODELS = {
+    "audio_spectrogram_transformer": "mmjax.nn.av_encoders:AudioSpectrogramTransformer",
+    "audio_visual": "mmjax.models.audio_visual:AudioVisual",
     "blip": "mmjax.models.blip:BLIP",
     "captioner": "mmjax.models.captioner:Captioner",
     "clip": "mmjax.models.clip:CLIP",
@@ -48,6 +50,7 @@ MODELS = {
     "text_to_image_denoiser": "mmjax.models.text_to_image:TextToImageDenoiser",
     "text_transformer": "mmjax.nn.text:TextTransformer",
     "unet": "mmjax.nn.unet:UNet",
+    "video_transformer": "mmjax.nn.av_encoders:VideoTransformer",
     "vision_transformer": "mmjax.nn.vit:VisionTransformer",
     "vqa_classifier": "mmjax.models.vqa:VQAClassifier",
 }

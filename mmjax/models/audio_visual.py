@@ -1,0 +1,86 @@
+"""Audio-visual two-tower model: correspondence, sound localisation and synchronisation.
+
+One audio tower and one video tower (`mmjax.nn.av_encoders`) map into a shared, L2-normalised
+space through linear projections, as CLIP's towers do:
+  S(a, v) = cos(P_a f_A(a), P_v f_V(v))                 clip-level correspondence
+  a_t, v_t = P_a f_A(a)_t, P_v f_V(v)_t (normalised)    per-time features (alignment, sync)
+  heatmap[t, i, j] = cos(P_a f_A(a), P_v patch_t[i, j])  where in frame t the sound comes from
+The patch tokens share the video projection, so the heatmap compares the clip's sound with the
+same space the correspondence loss trains (LVS-style localisation).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.models.clip import l2_normalize
+from mmjax.nn.transformer import dense
+
+Dtype = Any
+
+
+class AudioVisual(nn.Module):
+  """Audio tower + video tower + projections + learnable temperature.
+
+  Attributes:
+    audio_encoder: log-mel `[B, n_mels, frames]` -> (per-time `[B, Ta, Wa]`, pooled `[B, Wa]`)
+      (`AudioSpectrogramTransformer`).
+    video_encoder: frames `[B, T, S, S, 3]` -> {"per_time" `[B, T, Wv]`, "pooled" `[B, Wv]`,
+      "patches" `[B, T, N, Wv]`} (`VideoTransformer`).
+    embed_dim: shared embedding width E.
+    logit_scale_init: initial log inverse temperature.
+  """
+  audio_encoder: nn.Module
+  video_encoder: nn.Module
+  embed_dim: int
+  logit_scale_init: float = math.log(1 / 0.07)
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.audio_proj = dense(self.embed_dim, "audio_proj", ("embed", "embed_out"),
+                            dtype=self.dtype, use_bias=False)
+    self.video_proj = dense(self.embed_dim, "video_proj", ("embed", "embed_out"),
+                            dtype=self.dtype, use_bias=False)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init),
+                                  ())
+
+  def encode_audio(self, log_mel: jax.Array) -> jax.Array:
+    """`[B, n_mels, frames]` -> normalised `[B, E]` float32."""
+    _, pooled = self.audio_encoder(log_mel)
+    return l2_normalize(self.audio_proj(pooled))
+
+  def encode_video(self, frames: jax.Array) -> jax.Array:
+    """`[B, T, S, S, 3]` -> normalised `[B, E]` float32."""
+    return l2_normalize(self.video_proj(self.video_encoder(frames)["pooled"]))
+
+  def logit_params(self) -> dict[str, jax.Array]:
+    """logit_scale `[]`, clipped to log(100) as CLIP's."""
+    return {"logit_scale": jnp.minimum(self.logit_scale, math.log(100.0))}
+
+  def __call__(self, log_mel: jax.Array, frames: jax.Array) -> dict[str, jax.Array]:
+    """Everything the losses and evaluations need, all normalised float32:
+
+    audio_emb, video_emb `[B, E]`; audio_time `[B, Ta, E]`, video_time `[B, T, E]`;
+    heatmap `[B, T, N]` (cosine of audio_emb with each frame's projected patch tokens);
+    logit_scale `[]`.
+    """
+    audio_time, audio_pooled = self.audio_encoder(log_mel)
+    video = self.video_encoder(frames)
+    audio_emb = l2_normalize(self.audio_proj(audio_pooled))
+    patches = l2_normalize(self.video_proj(video["patches"]))
+    return {
+        "audio_emb": audio_emb,
+        "video_emb": l2_normalize(self.video_proj(video["pooled"])),
+        "audio_time": l2_normalize(self.audio_proj(audio_time)),
+        "video_time": l2_normalize(self.video_proj(video["per_time"])),
+        "heatmap": jnp.einsum("be,btne->btn", audio_emb, patches),
+        **self.logit_params(),
+    }
+
+  def heatmap(self, log_mel: jax.Array, frames: jax.Array) -> jax.Array:
+    """Localisation map `[B, T, N]` (N = patches per frame, row-major over the patch grid)."""
+    return self(log_mel, frames)["heatmap"]
