@@ -1,4 +1,4 @@
-"""`mmjax train|eval|sample ...`: the command-line entry point.
+"""`mmjax train|eval|sample|zero-shot|embed|retrieve ...`: the command-line entry point.
 
 Every user error (a bad argument, config, data file, checkpoint or workdir) ends as one
 `mmjax: error: ...` line on stderr and exit status 2; a run that stops on a fault of its
@@ -14,6 +14,7 @@ import pathlib
 import sys
 import traceback
 
+from mmjax import image_commands
 from mmjax.errors import MmjaxError, RunFault
 
 # Builtin errors that mmjax raises for bad input (and library code raises for bad arguments);
@@ -62,9 +63,12 @@ def _parse(argv):
   p.add_argument("--seed", type=int, default=None, help="noise seed (default: config)")
   p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples_cli.png)")
   p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+  image_commands.add_parsers(sub)
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
+    if args.command in image_commands.COMMANDS:
+      parser.error(f"unrecognised argument {item!r} for `mmjax {args.command}`")
     if not item.startswith("--config."):
       parser.error(f"unrecognised argument {item!r} (config overrides look like --config.KEY=VALUE)")
     overrides.append(item[len("--config."):])
@@ -106,6 +110,8 @@ def sample_checkpoint(config, workdir: pathlib.Path, args) -> pathlib.Path:
 
 
 def _run(args, overrides) -> int:
+  if args.command in image_commands.COMMANDS:
+    return image_commands.run(args)
   from mmjax.train.config import apply_overrides, load_config
   config = apply_overrides(load_config(args.config), overrides)
   import jax

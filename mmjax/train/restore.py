@@ -30,13 +30,14 @@ class RestoredRun:
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                   step: int | None = None, devices=None) -> RestoredRun:
+                   step: int | None = None, devices=None, read_only: bool = False) -> RestoredRun:
   """Restores the params of checkpoint `step` (default: the newest that restores) of the run
   in `workdir`.
 
   A newer checkpoint that does not restore is reported and skipped; it is renamed aside to
   `<step>.corrupt` unless a live `mmjax train` holds the workdir (that run's files are left
-  alone). Raises NoCheckpointError (creating nothing on disk) if no checkpoint restores, and
+  alone) or `read_only` (nothing in the workdir is renamed or written). Raises
+  NoCheckpointError (creating nothing on disk) if no checkpoint restores, and
   CheckpointMismatchError if the checkpoints belong to another model than `config`'s.
   """
   workdir = pathlib.Path(workdir)
@@ -53,7 +54,8 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   try:
     had_any = bool(checkpointer.steps())
     found = checkpointer.restore_latest(abstract_state, step=step,
-                                        set_aside=workdir_lib.holder(workdir) is None)
+                                        set_aside=not read_only
+                                        and workdir_lib.holder(workdir) is None)
   finally:
     checkpointer.close()
   if found is None:

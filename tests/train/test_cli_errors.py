@@ -42,8 +42,10 @@ CASES = {
                             "batch_size=12 is not divisible by the data-parallel size 8"),
     "unknown task": (_train("W", "--config.task=nope"), "unknown task 'nope'"),
     "unknown model": (_train("W", "--config.model.name=nope"), "nope"),
-    "data other than shapeworld": (_train("W", "--config.data.name=jsonl"),
-                                   "data.name must be 'shapeworld', got 'jsonl'"),
+    "jsonl data without a path": (_train("W", "--config.data.name=jsonl"),
+                                  "data.name='jsonl' needs data.path"),
+    "unknown data source": (_train("W", "--config.data.name=coco"),
+                            "data.name must be one of ('shapeworld', 'jsonl', 'tfds'), got 'coco'"),
     "eval without checkpoints": (["eval", "--config", str(CONFIG), "--workdir", "W"],
                                  "no checkpoint in W/checkpoints (no such directory)"),
     "sample from a task that cannot": (
