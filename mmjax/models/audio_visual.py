@@ -65,8 +65,8 @@ class AudioVisual(nn.Module):
     """Everything the losses and evaluations need, all normalised float32:
 
     audio_emb, video_emb `[B, E]`; audio_time `[B, Ta, E]`, video_time `[B, T, E]`;
-    heatmap `[B, T, N]` (cosine of audio_emb with each frame's projected patch tokens);
-    logit_scale `[]`.
+    patch_emb `[B, T, N, E]` (each frame's projected patch tokens); heatmap `[B, T, N]`
+    (cosine of audio_emb with patch_emb); logit_scale `[]`.
     """
     audio_time, audio_pooled = self.audio_encoder(log_mel)
     video = self.video_encoder(frames)
@@ -77,6 +77,7 @@ class AudioVisual(nn.Module):
         "video_emb": l2_normalize(self.video_proj(video["pooled"])),
         "audio_time": l2_normalize(self.audio_proj(audio_time)),
         "video_time": l2_normalize(self.video_proj(video["per_time"])),
+        "patch_emb": patches,
         "heatmap": jnp.einsum("be,btne->btn", audio_emb, patches),
         **self.logit_params(),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 _TASKS = {
+    "audio_visual": "mmjax.train.tasks.audio_visual:AudioVisualTask",
     "autoencoder": "mmjax.train.tasks.autoencoder:AutoencoderTask",
     "blip": "mmjax.train.tasks.blip:BLIPTask",
     "captioning": "mmjax.train.tasks.captioning:CaptionTask",

@@ -1,0 +1,101 @@
+"""The audio-visual task: its loss terms against numpy transcriptions (and clip_loss), the heatmap
+layout, and a tiny run that trains and reports every metric on ShapeWorld-AV."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from mmjax import losses
+from mmjax.train.config import apply_overrides, load_config
+from mmjax.train.tasks.audio_visual import (alignment_loss, localization_scores,
+                                            symmetric_infonce, time_contrastive_loss,
+                                            upsample_heatmaps)
+from mmjax.train.trainer import train
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _log_softmax(x):
+  x = x - x.max()
+  return x - np.log(np.exp(x).sum())
+
+
+def test_time_contrastive_and_alignment_losses_against_loops():
+  rng = np.random.default_rng(0)
+  a, v = _unit(rng.normal(size=(3, 5, 4))), _unit(rng.normal(size=(3, 5, 4)))
+  offsets = np.array([0, 2, -1])  # audio lags video: audio frame t shows video frame t - offset
+  temperature = 0.2
+  terms, distances = [], []
+  for b in range(3):
+    logits = a[b] @ v[b].T / temperature
+    for t in range(5):
+      s = t - offsets[b]
+      if not 0 <= s < 5:
+        continue
+      terms.append(-_log_softmax(logits[t])[s])      # audio frame t picks video frame s
+      terms.append(-_log_softmax(logits[:, s])[t])   # video frame s picks audio frame t
+      distances.append(np.sum((a[b, t] - v[b, s]) ** 2))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(time_contrastive_loss(f32(a), f32(v), temperature, offsets),
+                             np.sum(terms) / (len(terms) / 2) / 2, rtol=1e-5)
+  np.testing.assert_allclose(alignment_loss(f32(a), f32(v), offsets), np.mean(distances),
+                             rtol=1e-5)
+
+
+def test_symmetric_infonce_is_clip_loss_from_logits():
+  rng = np.random.default_rng(1)
+  a, v = _unit(rng.normal(size=(6, 8))), _unit(rng.normal(size=(6, 8)))
+  np.testing.assert_allclose(symmetric_infonce(jnp.asarray(a @ v.T / 0.1, jnp.float32)),
+                             losses.clip_loss(jnp.asarray(a, jnp.float32),
+                                              jnp.asarray(v, jnp.float32), 0.1), rtol=1e-5)
+
+
+def test_localization_scores_against_a_loop():
+  rng = np.random.default_rng(2)
+  audio, patches = _unit(rng.normal(size=(3, 4))), _unit(rng.normal(size=(3, 2, 5, 4)))
+  expected = np.zeros((3, 3))
+  for i in range(3):
+    for j in range(3):
+      expected[i, j] = np.mean([max(audio[i] @ patches[j, t, n] for n in range(5))
+                                for t in range(2)])
+  np.testing.assert_allclose(localization_scores(jnp.asarray(audio), jnp.asarray(patches)),
+                             expected, rtol=1e-5)
+
+
+def test_heatmaps_are_row_major_patch_grids():
+  heatmap = np.zeros((1, 2, 16), np.float32)
+  heatmap[0, 1, 2 * 4 + 3] = 1.0  # frame 1, patch row 2, column 3
+  maps = np.asarray(upsample_heatmaps(jnp.asarray(heatmap), 16))
+  assert maps.shape == (2, 16, 16) and maps[0].max() == 0
+  row, col = np.unravel_index(maps[1].argmax(), (16, 16))
+  assert 8 <= row < 12 and 12 <= col < 16
+
+
+TINY = ["batch_size=8", "total_steps=2", "log_every=1", "eval_every=1000",
+        "checkpoint_every=1000", "model.embed_dim=16", "model.audio_encoder.width=16",
+        "model.audio_encoder.num_layers=1", "model.audio_encoder.num_heads=2",
+        "model.video_encoder.width=16", "model.video_encoder.num_layers=1",
+        "model.video_encoder.num_heads=2",
+        "eval.num_clips=8", "eval.num_sync_clips=4", "eval.batch_size=8",
+        "optim.warmup_steps=1"]
+
+
+def test_a_tiny_run_trains_and_reports_every_metric(tmp_path):
+  config = apply_overrides(load_config(ROOT / "configs" / "av_shapeworld.py"), TINY)
+  result = train(config, tmp_path / "run", devices=jax.devices()[:1], progress=False)
+  expected = {"v2a_r@1", "a2v_r@1", "correspondence_accuracy", "ciou@0.5", "auc", "mean_ciou",
+              "pointing", "baseline_ciou@0.5", "baseline_auc", "sync_acc", "sync_acc_1"}
+  assert expected <= set(result.eval_metrics), sorted(result.eval_metrics)
+
+
+def test_bad_settings_are_named():
+  from mmjax.train.tasks import get_task_class
+  config = apply_overrides(load_config(ROOT / "configs" / "av_shapeworld.py"),
+                           TINY + ["audio.frames=80"])
+  with pytest.raises(ValueError, match="audio.frames=80 but 16000 samples give only 65"):
+    get_task_class(config.task)(config)
+  with pytest.raises(ValueError, match="variant must be one of"):
+    load_config(f"{ROOT / 'configs' / 'av_shapeworld.py'}:lipreading")
