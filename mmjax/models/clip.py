@@ -32,6 +32,11 @@ class CLIP(nn.Module):
       `(images - mean) / std`, so a model warm-started from a public checkpoint (trained on
       normalised pixels, e.g. `mmjax.convert.OPENAI_CLIP_MEAN/STD`) takes mmjax's [0, 1]
       images; None (default): images are used as given.
+    max_logit_scale: `logit_params()` clips the log inverse temperature to this (CLIP's
+      log(100), the default); None: no clip (SigLIP's released models learned exp(t) > 100).
+    project_image: map the pooled image vector through "image_proj" `[Wi, E]` (default).
+      False: the pooled vector is the embedding (SigLIP: its MAP head's output, Wi == E).
+    text_proj_bias: "text_proj" has a bias `[E]` (SigLIP's text head); CLIP's has none.
   """
   image_encoder: nn.Module
   text_encoder: nn.Module
@@ -41,38 +46,59 @@ class CLIP(nn.Module):
   dtype: Dtype = jnp.float32
   image_mean: tuple[float, ...] | None = None
   image_std: tuple[float, ...] | None = None
+  max_logit_scale: float | None = math.log(100.0)
+  project_image: bool = True
+  text_proj_bias: bool = False
 
   def setup(self):
-    self.image_proj = dense(self.embed_dim, "image_proj", ("embed", "embed_out"),
-                            dtype=self.dtype, use_bias=False)
+    if self.project_image:
+      self.image_proj = dense(self.embed_dim, "image_proj", ("embed", "embed_out"),
+                              dtype=self.dtype, use_bias=False)
     self.text_proj = dense(self.embed_dim, "text_proj", ("embed", "embed_out"),
-                           dtype=self.dtype, use_bias=False)
+                           dtype=self.dtype, use_bias=self.text_proj_bias)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init),
                                   ())
     if self.logit_bias_init is not None:
       self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
-  def encode_image(self, images: jax.Array) -> jax.Array:
-    """`[B, H, W, C]` -> normalised `[B, E]` float32."""
+  def image_features(self, images: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` -> the embedding before L2 normalisation `[B, E]` (model dtype)."""
     if (self.image_mean is None) != (self.image_std is None):
       raise ValueError("set both image_mean and image_std (per-channel), or neither")
     if self.image_mean is not None:
       mean = jnp.asarray(self.image_mean, images.dtype)
       images = (images - mean) / jnp.asarray(self.image_std, images.dtype)
     _, pooled = self.image_encoder(images)
-    return l2_normalize(self.image_proj(pooled))
+    if self.project_image:
+      return self.image_proj(pooled)
+    if pooled.shape[-1] != self.embed_dim:
+      raise ValueError(f"project_image=False needs the image encoder's pooled width "
+                       f"{pooled.shape[-1]} to equal embed_dim={self.embed_dim}")
+    return pooled
+
+  def text_features(self, tokens: jax.Array) -> jax.Array:
+    """`[B, L]` int32 -> the embedding before L2 normalisation `[B, E]` (model dtype)."""
+    _, pooled = self.text_encoder(tokens)
+    return self.text_proj(pooled)
+
+  def encode_image(self, images: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` -> normalised `[B, E]` float32."""
+    return l2_normalize(self.image_features(images))
 
   def encode_text(self, tokens: jax.Array) -> jax.Array:
     """`[B, L]` int32 -> normalised `[B, E]` float32."""
-    _, pooled = self.text_encoder(tokens)
-    return l2_normalize(self.text_proj(pooled))
+    return l2_normalize(self.text_features(tokens))
 
   def logit_params(self) -> dict[str, jax.Array]:
     """logit_scale `[]` (log inverse temperature) and, for SigLIP, logit_bias `[]`.
 
-    The scale is clipped to log(100), as CLIP does, so the temperature cannot collapse.
+    The scale is clipped to `max_logit_scale` (log(100), as CLIP does, so the temperature
+    cannot collapse); not at all when that is None.
     """
-    out = {"logit_scale": jnp.minimum(self.logit_scale, math.log(100.0))}
+    scale = self.logit_scale
+    if self.max_logit_scale is not None:
+      scale = jnp.minimum(scale, self.max_logit_scale)
+    out = {"logit_scale": scale}
     if self.logit_bias_init is not None:
       out["logit_bias"] = self.logit_bias
     return out

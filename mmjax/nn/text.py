@@ -14,6 +14,8 @@ from mmjax.nn.transformer import DEFAULT_LAYER_NORM_EPSILON, Transformer
 
 Dtype = Any
 
+POOLS = ("eos", "first", "mean", "last")
+
 
 def embed_tokens(module: nn.Module, tokens: jax.Array, *, vocab_size: int, width: int,
                  max_length: int, positions: jax.Array | None = None) -> jax.Array:
@@ -46,9 +48,13 @@ class TextTransformer(nn.Module):
 
   Attributes:
     causal: causal self-attention (CLIP's text tower); otherwise bidirectional over the
-      non-padding tokens (BERT-style encoders).
-    pool: "eos" (feature at the first `eos_id`, as CLIP), "first" (BOS/[CLS] position) or
-      "mean" (mean over non-padding tokens).
+      non-padding tokens (BERT-style encoders), or over all tokens without `padding_mask`.
+    padding_mask: with bidirectional attention, hide the `pad_id` tokens from every query
+      (default). False: every token attends to every token, padding included, as SigLIP's
+      text tower was trained (it pads to a fixed length and never masks).
+    pool: "eos" (feature at the first `eos_id`, as CLIP), "first" (BOS/[CLS] position),
+      "mean" (mean over non-padding tokens) or "last" (the last position, padding or not: SigLIP,
+      whose text is padded to the full length with its eos id).
     cross_attention: every block also cross-attends to a `context` (e.g. image tokens): the
       image-grounded text encoder of BLIP's ITM head, VQA and grounding fusion.
     decoder_attention: every block also holds this causal self-attention, run instead of the
@@ -82,6 +88,7 @@ class TextTransformer(nn.Module):
   decode: bool = False
   mlp_activation: str = "gelu"
   layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
+  padding_mask: bool = True
 
   @nn.compact
   def __call__(self, tokens: jax.Array, context: jax.Array | None = None,
@@ -117,9 +124,11 @@ class TextTransformer(nn.Module):
                        f"{'missing' if context is None else 'given'}")
     if context is not None and (context.ndim != 3 or context.shape[0] != tokens.shape[0]):
       raise ValueError(f"context must be [B={tokens.shape[0]}, S, D], got shape {context.shape}")
+    if self.pool not in POOLS:
+      raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
     valid = tokens != self.pad_id
     # Causal attention needs no padding mask: padding only ever follows the real tokens.
-    mask = None if causal else make_padding_mask(valid, valid)
+    mask = None if causal or not self.padding_mask else make_padding_mask(valid, valid)
     context_mask = None
     if context_valid is not None:
       context_mask = make_padding_mask(jnp.ones_like(valid), context_valid)
@@ -145,5 +154,5 @@ class TextTransformer(nn.Module):
       weights = valid.astype(x.dtype)[..., None]
       pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
     else:
-      raise ValueError(f"pool must be 'eos', 'first' or 'mean', got {self.pool!r}")
+      pooled = x[:, -1]
     return x, pooled

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn import initializers
-from mmjax.nn.transformer import DEFAULT_LAYER_NORM_EPSILON, Transformer, dense, layer_norm
+from mmjax.nn.attention import MultiHeadAttention
+from mmjax.nn.transformer import (DEFAULT_LAYER_NORM_EPSILON, MlpBlock, Transformer, dense,
+                                  layer_norm)
 
 Dtype = Any
 
@@ -66,6 +68,45 @@ class ConvStem(nn.Module):
     return x
 
 
+POOLS = ("cls", "gap", "map")
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: `tokens [B, T, W] -> [B, W]`.
+
+  A learned probe `[1, 1, W]` is the one query of a cross-attention over the tokens (keys and
+  values), then `x + MLP(LN(x))`; the probe's row is the pooled vector. This is big_vision's
+  `MAPHead` and Hugging Face's `SiglipMultiheadAttentionPoolingHead` (SigLIP's image pooling).
+  Params: "probe", "attn" (`MultiHeadAttention`'s cross-attention layout: query, kv, out),
+  "ln", "mlp" (fc1, fc2).
+  """
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "einsum"
+  gelu_approximate: bool = True
+  mlp_activation: str = "gelu"
+  layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    chex.assert_rank(tokens, 3)
+    batch, _, width = tokens.shape
+    probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                             (None, None, "embed")),
+                       (1, 1, width), self.param_dtype)
+    query = jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, width))
+    x = MultiHeadAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                           implementation=self.attention_impl, name="attn")(
+                               query, tokens.astype(self.dtype))
+    h = layer_norm("ln", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
+    x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype,
+                     gelu_approximate=self.gelu_approximate, mlp_activation=self.mlp_activation,
+                     name="mlp")(h)
+    return x[:, 0]
+
+
 class VisionTransformer(nn.Module):
   """ViT: non-overlapping patches -> linear embedding -> [CLS] + positions -> transformer.
 
@@ -73,7 +114,12 @@ class VisionTransformer(nn.Module):
   convolution but maps to a single GEMM (faster on CPU).
 
   Attributes:
-    pool: "cls" (LayerNorm'd class token, as CLIP) or "gap" (mean over patch tokens).
+    pool: "cls" (LayerNorm'd class token, as CLIP), "gap" (mean over the patch tokens) or
+      "map" (a `MAPHead` over all tokens of the LayerNorm'd output, as SigLIP).
+    class_token: prepend a learned [CLS] token ("cls_token"); SigLIP's towers have none
+      (then "cls" pooling is refused).
+    pre_norm: LayerNorm ("ln_pre") the embedded tokens before the blocks, as CLIP; SigLIP /
+      big_vision ViTs have none.
     stem_channels: () for the plain patchify stem; else a `ConvStem` with these channels runs
       first and `patch_size` then applies to its output (image size / 2^len(stem_channels)).
     mlp_activation: "gelu" or "quick_gelu" (OpenAI CLIP), see `MlpBlock`.
@@ -94,6 +140,8 @@ class VisionTransformer(nn.Module):
   stem_channels: tuple[int, ...] = ()
   mlp_activation: str = "gelu"
   layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
+  class_token: bool = True
+  pre_norm: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -102,9 +150,15 @@ class VisionTransformer(nn.Module):
     Args:
       images: `[B, H, W, C]` float, H and W divisible by `patch_size * 2^len(stem_channels)`.
     Returns:
-      tokens `[B, 1 + N, width]` (class token first) and pooled `[B, width]`.
+      tokens `[B, 1 + N, width]` (class token first; `[B, N, width]` without `class_token`)
+      and pooled `[B, width]`.
     """
     chex.assert_rank(images, 4)
+    if self.pool not in POOLS:
+      raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+    if self.pool == "cls" and not self.class_token:
+      raise ValueError("pool='cls' needs class_token=True; without a class token use 'gap' or "
+                       "'map'")
     _, height, width, _ = images.shape
     p = self.patch_size
     stride = p * 2 ** len(self.stem_channels)
@@ -117,15 +171,18 @@ class VisionTransformer(nn.Module):
     patches = einops.rearrange(images, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
     x = dense(self.width, "patch_embed", (None, "embed"), dtype=self.dtype,
               param_dtype=self.param_dtype)(patches.astype(self.dtype))
-    cls = self.param("cls_token", nn.with_logical_partitioning(initializers.embedding, ("embed",)),
-                     (self.width,), self.param_dtype)
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width)), x],
-                        axis=1)
+    if self.class_token:
+      cls = self.param("cls_token", nn.with_logical_partitioning(initializers.embedding,
+                                                                 ("embed",)),
+                       (self.width,), self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width)),
+                           x], axis=1)
     pos = self.param("pos_embed", nn.with_logical_partitioning(initializers.embedding,
                                                                (None, "embed")),
                      (x.shape[1], self.width), self.param_dtype)
-    x = layer_norm("ln_pre", self.dtype, self.param_dtype, self.layer_norm_epsilon)(
-        x + pos.astype(self.dtype))
+    x = x + pos.astype(self.dtype)
+    if self.pre_norm:
+      x = layer_norm("ln_pre", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
     x = Transformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                     dtype=self.dtype, param_dtype=self.param_dtype,
                     attention_impl=self.attention_impl, remat=self.remat,
@@ -134,7 +191,11 @@ class VisionTransformer(nn.Module):
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "gap":
-      pooled = x[:, 1:].mean(axis=1)
+      pooled = x[:, int(self.class_token):].mean(axis=1)
     else:
-      raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+      pooled = MAPHead(self.num_heads, int(self.width * self.mlp_ratio), dtype=self.dtype,
+                       param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+                       gelu_approximate=self.gelu_approximate,
+                       mlp_activation=self.mlp_activation,
+                       layer_norm_epsilon=self.layer_norm_epsilon, name="map_head")(x)
     return x, pooled

@@ -114,7 +114,8 @@ def test_unknown_key_names_it_and_the_valid_fields():
   with pytest.raises(ValueError, match=r"unknown config key model.temperature: CLIP's fields"):
     build_model(clip_config(temperature=0.07), text_encoder=TEXT_FROM_DATA)
   with pytest.raises(ValueError, match=r"unknown model name 'clipp'; registered models are "
-                     r"\['blip', 'captioner', 'clip'"):
+                     r"\['audio_spectrogram_transformer', 'audio_visual', 'blip', 'captioner', "
+                     r"'clip'"):
     build_model(clip_config() | {"name": "clipp"})
 
 
