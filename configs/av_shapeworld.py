@@ -9,8 +9,8 @@ LVS-style localisation term (mmjax/train/tasks/audio_visual.py). Variants:
   configs/av_shapeworld.py:localization     correspondence + localisation
   configs/av_shapeworld.py:sync             correspondence + per-time terms
 Clips: 8 frames of 32 px and 1 s of 16 kHz audio, 1-2 objects, a quarter of them silent, larger
-than ShapeWorld's (LVS's median-thresholded cIoU reaches 0.5 only for boxes covering a quarter
-of the frame, so with ShapeWorld's sizes no map could pass it); the
+than ShapeWorld's (a continuous map cut at its median covers half the frame, so LVS's cIoU can
+reach 0.5 only for boxes covering a quarter of it; ShapeWorld's objects are smaller); the
 log-mel spectrogram (64 mels, hop 250 = 8 spectrogram frames per video frame) is computed on
 device, so per-time audio tokens (8 x 8 patches) line up with the video frames. Training clips
 carry random audio offsets in [-3, 3] frames (the per-time loss pairs audio frame t with video
