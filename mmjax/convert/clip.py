@@ -41,12 +41,12 @@ import re
 import sys
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.convert.state_dict import read_state_dict_with_metadata, require_keys
+from mmjax.convert.state_dict import (check_converted_tree, read_state_dict_with_metadata,
+                                      require_keys)
 from mmjax.errors import CheckpointMismatchError
 from mmjax.models.registry import build_model
 
@@ -130,7 +130,7 @@ def _heads(width: int, heads: int | None, default: int, tower: str) -> int:
   return heads
 
 
-def _mlp_ratio(width: int, mlp_dim: int) -> float:
+def mlp_ratio_of(width: int, mlp_dim: int) -> float:
   """A ratio with int(width * ratio) == mlp_dim, as the towers compute their MLP width."""
   ratio = mlp_dim / width
   return ratio if int(width * ratio) == mlp_dim else (mlp_dim + 0.5) / width
@@ -167,10 +167,10 @@ def _architecture(state, path, vision_heads, text_heads) -> dict[str, int | floa
       vision_width=width, vision_layers=_layer_count(state, "visual.transformer.resblocks."),
       vision_heads=_heads(width, vision_heads,
                           VISION_HEADS_BY_WIDTH.get(width, width // HEAD_WIDTH), "vision"),
-      vision_mlp_ratio=_mlp_ratio(width, vision_mlp), patch_size=patch, image_size=grid * patch,
+      vision_mlp_ratio=mlp_ratio_of(width, vision_mlp), patch_size=patch, image_size=grid * patch,
       text_width=text_width, text_layers=_layer_count(state, "transformer.resblocks."),
       text_heads=_heads(text_width, text_heads, text_width // HEAD_WIDTH, "text"),
-      text_mlp_ratio=_mlp_ratio(text_width, text_mlp),
+      text_mlp_ratio=mlp_ratio_of(text_width, text_mlp),
       context_length=_shape(state, "positional_embedding", 2, path)[0],
       vocab_size=state["token_embedding.weight"].shape[0])
 
@@ -336,21 +336,10 @@ def quick_gelu_from_checkpoint(path: pathlib.Path, metadata: dict[str, str]) -> 
   return False
 
 
-def _check_tree(params, model, image_size: int, context_length: int) -> None:
-  """Raises if `params` is not exactly `model.init`'s tree (paths, shapes): a converter bug."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, image_size, image_size, 3), jnp.float32),
-                          jnp.zeros((1, context_length), jnp.int32))["params"]
-
-  def flat(tree):
-    return {jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
-
-  want, got = flat(shapes), flat(params)
-  diff = sorted(set(want.items()) ^ set(got.items()))
-  if diff:
-    raise RuntimeError(f"mmjax bug: converted CLIP params differ from model.init's tree: "
-                       f"{diff[:6]}")
+def check_clip_tree(params, model, image_size: int, context_length: int) -> None:
+  """Raises if `params` is not exactly the CLIP `model.init`'s tree: a converter bug."""
+  check_converted_tree(params, model, (jnp.zeros((1, image_size, image_size, 3), jnp.float32),
+                                       jnp.zeros((1, context_length), jnp.int32)), "CLIP")
 
 
 def load_clip(path: str | pathlib.Path, *, quick_gelu: bool | None = None,
@@ -381,5 +370,5 @@ def load_clip(path: str | pathlib.Path, *, quick_gelu: bool | None = None,
   config = _config(arch, float(state["logit_scale"]), quick_gelu, dtype)
   model = build_model(config["model"], text_encoder=config["text_tower_fields"])
   params = convert_params(state, arch)
-  _check_tree(params, model, arch["image_size"], arch["context_length"])
+  check_clip_tree(params, model, arch["image_size"], arch["context_length"])
   return model, params

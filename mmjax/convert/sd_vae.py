@@ -56,12 +56,12 @@ import re
 import sys
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.convert.state_dict import read_state_dict_with_metadata, require_keys
+from mmjax.convert.state_dict import (check_converted_tree, read_state_dict_with_metadata,
+                                      require_keys)
 from mmjax.errors import CheckpointMismatchError, DataError
 from mmjax.models.registry import build_model
 
@@ -262,19 +262,10 @@ def _convert(state, entries) -> dict[str, Any]:
 
 
 def _check_tree(params, model, in_channels: int) -> None:
-  """Raises if `params` is not exactly `model.init`'s tree (paths, shapes): a converter bug."""
+  """Raises if `params` is not exactly the VAE `model.init`'s tree: a converter bug."""
   size = model.downsample_factor
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, size, size, in_channels), jnp.float32))["params"]
-
-  def flat(tree):
-    return {jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
-
-  diff = sorted(set(flat(shapes).items()) ^ set(flat(params).items()))
-  if diff:
-    raise RuntimeError(f"mmjax bug: converted SD VAE params differ from model.init's tree: "
-                       f"{diff[:6]}")
+  check_converted_tree(params, model, (jnp.zeros((1, size, size, in_channels), jnp.float32),),
+                       "SD VAE")
 
 
 def _check_config(config: dict[str, Any], arch, config_path: pathlib.Path) -> None:

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from mmjax.convert.clip import _check_tree, _mlp_ratio, strip_prefixes
+from mmjax.convert.clip import check_clip_tree, mlp_ratio_of, strip_prefixes
 from mmjax.convert.state_dict import (bfloat16_bits_to_float32, read_state_dict_with_metadata,
                                       require_keys)
 from mmjax.errors import CheckpointMismatchError
@@ -554,11 +554,11 @@ def _config(arch, logit_scale: float, logit_bias: float, dtype: str) -> dict[str
       image_encoder=dict(name="vision_transformer", patch_size=arch["patch_size"],
                          width=arch["vision_width"], num_layers=arch["vision_layers"],
                          num_heads=arch["vision_heads"],
-                         mlp_ratio=_mlp_ratio(arch["vision_width"], arch["vision_mlp_dim"]),
+                         mlp_ratio=mlp_ratio_of(arch["vision_width"], arch["vision_mlp_dim"]),
                          pool="map", class_token=False, pre_norm=False),
       text_encoder=dict(name="text_transformer", width=arch["text_width"],
                         num_layers=arch["text_layers"], num_heads=arch["text_heads"],
-                        mlp_ratio=_mlp_ratio(arch["text_width"], arch["text_mlp_dim"]),
+                        mlp_ratio=mlp_ratio_of(arch["text_width"], arch["text_mlp_dim"]),
                         causal=False, padding_mask=False, pool="last"))
   text_fields = dict(vocab_size=arch["vocab_size"], context_length=arch["context_length"],
                      pad_id=SIGLIP_PAD_ID, eos_id=SIGLIP_EOS_ID)
@@ -642,5 +642,5 @@ def load_siglip(path: str | pathlib.Path, *, vision_heads: int | None = None,
   config = _config(arch, float(tree["t"].reshape(())), float(tree["b"].reshape(())), dtype)
   model = build_model(config["model"], text_encoder=config["text_tower_fields"])
   params = convert_params(tree, arch)
-  _check_tree(params, model, arch["image_size"], arch["context_length"])
+  check_clip_tree(params, model, arch["image_size"], arch["context_length"])
   return model, params

@@ -14,6 +14,7 @@ import json
 import pathlib
 import struct
 import zipfile
+from typing import Any
 
 import numpy as np
 
@@ -116,3 +117,20 @@ def require_keys(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ..
   if problems:
     more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
     raise CheckpointMismatchError(f"{path} does not fit {what}: {'; '.join(problems[:6])}{more}")
+
+
+def check_converted_tree(params: Any, model: Any, init_inputs: tuple, what: str) -> None:
+  """Raises RuntimeError if converted `params` are not exactly the tree (paths, shapes) that
+  `model.init(key, *init_inputs)` makes: a converter bug, never the user's input."""
+  import flax.linen as nn
+  import jax
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *init_inputs)["params"]
+
+  def flat(tree):
+    return {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
+
+  diff = sorted(set(flat(shapes).items()) ^ set(flat(params).items()))
+  if diff:
+    raise RuntimeError(f"mmjax bug: converted {what} params differ from model.init's tree: "
+                       f"{diff[:6]}")
