@@ -30,6 +30,31 @@ os.environ["XLA_FLAGS"] = xla_flags_with_device_count(os.environ.get("XLA_FLAGS"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def use_a_fresh_compilation_cache() -> str:
+  """Points jax's persistent compilation cache at a new temporary folder for this session.
+
+  Most of the suite's time is XLA compiling the same tiny models again: every `train` call jits
+  new closures, and child processes start cold. The cache is keyed by the compiled program, so a
+  hit returns the executable a fresh compile would build (bit-identical runs stay bit-identical);
+  a new folder per session means no entry outlives the code that wrote it. Set through the
+  environment so `mmjax train` children inherit it. An explicit JAX_COMPILATION_CACHE_DIR is
+  kept."""
+  import atexit
+  import shutil
+  import tempfile
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    folder = tempfile.mkdtemp(prefix="mmjax_test_xla_cache_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+  # Tiny test programs compile in well under jax's default 1 s threshold.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+use_a_fresh_compilation_cache()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def eight_devices():
   """Fails every test loudly if jax does not see the 8 devices (e.g. jax was initialised before
