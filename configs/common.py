@@ -23,8 +23,11 @@ ConfigDict = ml_collections.ConfigDict
 MESH = dict(data=-1, fsdp=1, tensor=1)
 
 # AdamW with linear warmup and cosine decay to end_lr_ratio x the peak (mmjax/train/optim.py).
+# trainable: () trains every parameter; else "/"-path patterns of the parameters that train (the
+# rest stay frozen), e.g. --config.optim.trainable='("projector", "transformer/gated_xattn_*")'
+# (a tuple or list literal; a bare string is rejected).
 ADAMW = dict(warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05, b1=0.9, b2=0.98, eps=1e-6,
-             clip_grad_norm=1.0)
+             clip_grad_norm=1.0, trainable=())
 
 # The ShapeWorld towers: two stride-2 convolutions then 2x2 patches give 64 image tokens at
 # 64 px that already carry local shape features (plain patchify learned shape far more slowly:

@@ -23,7 +23,7 @@ from mmjax.train import sharding, workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer, warn
 from mmjax.train.config import save_run_config
 from mmjax.train.logging import MetricWriter
-from mmjax.train.optim import make_optimizer
+from mmjax.train.optim import count_params, make_optimizer
 from mmjax.train.restore import RestoredRun, restore_params  # noqa: F401 (re-exported)
 from mmjax.train.state import TrainState, build_state  # noqa: F401 (re-exported)
 from mmjax.train.tasks import get_task_class
@@ -166,6 +166,10 @@ def _train_in(config, workdir, mesh, task, data_iter, make_data_iter, lock, bega
   is_main = jax.process_index() == 0
   tx, schedule = make_optimizer(config.optim, config.total_steps)
   init_fn, abstract_state, state_shardings = build_state(task, tx, config, mesh)
+  if is_main and config.optim.get("trainable"):
+    trained, total = count_params(abstract_state.params, config.optim.trainable)
+    print(f"trainable params: {trained:,} of {total:,} "
+          f"(optim.trainable={tuple(config.optim.trainable)})")
 
   batch_shard = sharding.batch_sharding(mesh)
   train_step = jax.jit(make_train_step(task, tx, schedule),
