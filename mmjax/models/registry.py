@@ -52,6 +52,7 @@ MODELS = {
     "text_to_image_denoiser": "mmjax.models.text_to_image:TextToImageDenoiser",
     "text_transformer": "mmjax.nn.text:TextTransformer",
     "unet": "mmjax.nn.unet:UNet",
+    "unified_decoder": "mmjax.models.unified:UnifiedDecoder",
     "video_transformer": "mmjax.nn.av_encoders:VideoTransformer",
     "vision_transformer": "mmjax.nn.vit:VisionTransformer",
     "vqa_classifier": "mmjax.models.vqa:VQAClassifier",
