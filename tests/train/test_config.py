@@ -78,7 +78,7 @@ def test_every_config_derives_from_common_and_documents_its_command(path):
   docstring = ast.get_docstring(tree)
   assert docstring and f"--config configs/{path.name}" in docstring
   imported = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
-  assert imported & {"common", "t2i_shapeworld", "clip_shapeworld"}, imported
+  assert imported & {"common", "t2i_shapeworld", "clip_shapeworld", "caption_shapeworld"}, imported
   assert "load_config" not in path.read_text()  # parents are imported, not loaded by path
 
 
@@ -90,6 +90,24 @@ def test_derived_configs_import_their_parent_from_anywhere(tmp_path, monkeypatch
   assert pixel.model.denoiser.attention_levels == (1,)
   assert ldm.optim == pixel.optim and ldm.model.text == pixel.model.text
   assert "common" not in sys.modules and "t2i_shapeworld" not in sys.modules
+
+
+@pytest.mark.parametrize("task, parent", [("caption", "caption_shapeworld.py"),
+                                          ("vqa", "vqa_shapeworld.py:generative"),
+                                          ("grounding", "grounding_shapeworld.py:tokens")])
+def test_unified_configs_are_their_tasks_but_for_the_model(task, parent):
+  unified = load_config(f"{ROOT / 'configs' / 'unified_shapeworld.py'}:{task}")
+  base = load_config(f"{ROOT / 'configs' / parent}")
+  assert unified.task == base.task
+  for key in set(base) - {"model", "init_from"}:
+    assert unified[key] == base[key], key
+  assert unified.init_from.params == ("image_encoder:vision_encoder",)
+  vision, captioner = unified.model.vision_encoder, base.model
+  assert (vision.patch_size, vision.width, vision.num_layers, tuple(vision.stem_channels)) == (
+      captioner.patch_size, captioner.vision_width, captioner.vision_layers,
+      tuple(captioner.stem_channels))
+  assert (unified.model.width, unified.model.num_layers) == (captioner.text_width,
+                                                             captioner.text_layers)
 
 
 def test_blip_is_clip_but_for_its_model_loss_weights_and_evals():

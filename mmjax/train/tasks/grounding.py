@@ -7,6 +7,8 @@ The model (`config.model.name`, see `configs/grounding_shapeworld.py`) is the he
   "captioner" (the tokens head): `Captioner` over the word vocabulary + `num_bins` coordinate
     tokens, trained on BOS + expression + 4 coordinate tokens + EOS with the prompt masked out
     of the loss; boxes by greedy decoding restricted to coordinate tokens (`CoordinateDecoder`).
+  "unified_decoder" (the tokens head on the LLaVA-style `UnifiedDecoder`: image tokens first,
+    then the same rows, in one causal transformer).
 
 Every row is an image's `referring` expression and its `referring_box` (x0, y0, x1, y1) in
 [0, 1]. `evaluate` predicts the boxes of the first `eval.num_examples` test images and reports
@@ -34,7 +36,9 @@ from mmjax.models.grounding import NUM_BOX_TOKENS, CoordinateDecoder, box_loss, 
 from mmjax.train.evaluators import GroundingEvaluator
 from mmjax.train.tasks.base import Task
 
-HEADS = {"regression_grounder": "regression", "captioner": "tokens"}  # model.name -> head
+# model.name -> head; the unified decoder has the Captioner's decoding interface.
+HEADS = {"regression_grounder": "regression", "captioner": "tokens",
+         "unified_decoder": "tokens"}
 IOU_THRESHOLDS = (0.5, 0.75)
 
 

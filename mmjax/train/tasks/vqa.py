@@ -5,6 +5,8 @@ The model (`config.model.name`, see `configs/vqa_shapeworld.py`) is the head:
     `SHAPEWORLD_ANSWERS`.
   "captioner" (the generative head): `Captioner` on BOS + question + answer + EOS, the prompt
     masked out of the loss; evaluated by greedy decoding constrained to the answer list.
+  "unified_decoder" (the generative head on the LLaVA-style `UnifiedDecoder`: image tokens
+    first, then the same rows, in one causal transformer).
 
 Each training row is one of an image's 5 question/answer pairs, chosen by
 `pipeline.example_rng(seed, epoch, index, "question")`.
@@ -33,7 +35,9 @@ from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer, generative_
 from mmjax.train.evaluators import VQAEvaluator
 from mmjax.train.tasks.base import Task
 
-HEADS = {"vqa_classifier": "classifier", "captioner": "generative"}  # model.name -> head
+# model.name -> head; the unified decoder has the Captioner's decoding interface.
+HEADS = {"vqa_classifier": "classifier", "captioner": "generative",
+         "unified_decoder": "generative"}
 QUESTIONS_PER_IMAGE = 5
 QUESTION_TYPES = ("count", "colour", "shape", "exists", "relation", "size")
 
