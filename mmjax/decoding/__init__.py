@@ -43,11 +43,13 @@ greedy, sample (temperature / top-k / top-p, `num_return_sequences`), beam_searc
 penalty, early stopping, `num_return_sequences`); for all three: repetition penalty,
 `min_new_tokens`, `max_new_tokens`, constrained decoding to a candidate list through a
 `PrefixTrie`; `guided_step_fn` for classifier-free guidance with separate conditional and
-unconditional caches; `sequence_log_probs` to rank a closed candidate list by likelihood.
+unconditional caches; `sequence_log_probs` to rank a closed candidate list by likelihood;
+`from_left_padded` for batches padded on the left (Hugging Face's convention).
 """
 from mmjax.decoding.beam_search import beam_search
 from mmjax.decoding.constraints import PrefixTrie, build_prefix_trie
 from mmjax.decoding.greedy import greedy
+from mmjax.decoding.padding import from_left_padded
 from mmjax.decoding.guidance import GuidanceCache, guidance_cache, guided_step_fn
 from mmjax.decoding.processors import (apply_repetition_penalty, apply_temperature, top_k_filter,
                                        top_p_filter)
@@ -59,7 +61,7 @@ from mmjax.decoding.step import DecodeOutput, StepFn, expand_rows, gather_rows, 
 __all__ = [
     "DecodeOutput", "GuidanceCache", "PrefixTrie", "RecomputeCache", "StepFn",
     "apply_repetition_penalty", "apply_temperature", "beam_search", "build_prefix_trie",
-    "expand_rows", "gather_rows", "greedy", "guidance_cache", "guided_step_fn",
-    "init_recompute_cache", "prefill", "recompute_step_fn", "sample", "sequence_log_probs",
+    "expand_rows", "from_left_padded", "gather_rows", "greedy", "guidance_cache",
+    "guided_step_fn", "init_recompute_cache", "prefill", "recompute_step_fn", "sample", "sequence_log_probs",
     "top_k_filter", "top_p_filter",
 ]

@@ -198,3 +198,25 @@ def test_bad_inputs_fail_naming_the_problem(interleaved):
     init(_model(image_positions=4), images, jnp.ones((2, 3), jnp.int32))
   with pytest.raises(ValueError, match="projector must be one of"):
     init(_model(projector="qformer"), images, jnp.ones((2, 3), jnp.int32))
+
+
+def test_a_left_padded_batch_generates_what_each_row_generates_alone():
+  model, params, images = _images_first_setup()
+  rows = [[1, 5, 6, 7], [1, 8], [1]]
+  width = max(map(len, rows))
+  left = np.array([[0] * (width - len(r)) + r for r in rows], np.int32)
+  mask = left != 0
+  new = MAX_LENGTH - width
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def generate(params, images, prompt, max_length, lengths):
+    cache = model.init_cache(params, images, max_length)
+    return decoding.greedy(functools.partial(model.decode_step, params), cache, prompt, lengths,
+                           max_new_tokens=new, eos_id=None).tokens
+
+  prompt, lengths = decoding.from_left_padded(left, mask)
+  batched = generate(params, images, prompt, MAX_LENGTH, lengths)
+  for b, row in enumerate(rows):
+    alone = generate(params, images[b:b + 1], jnp.asarray([row], jnp.int32), len(row) + new,
+                     jnp.asarray([len(row)], jnp.int32))
+    np.testing.assert_array_equal(batched[b], alone[0])
