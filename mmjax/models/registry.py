@@ -49,6 +49,7 @@ MODELS = {
     "kl_autoencoder": "mmjax.nn.autoencoder:KLAutoencoder",
     "perceiver_resampler": "mmjax.nn.perceiver:PerceiverResampler",
     "regression_grounder": "mmjax.models.grounding:RegressionGrounder",
+    "text_decoder": "mmjax.models.captioner:TextDecoder",
     "text_to_image_denoiser": "mmjax.models.text_to_image:TextToImageDenoiser",
     "text_transformer": "mmjax.nn.text:TextTransformer",
     "unet": "mmjax.nn.unet:UNet",

@@ -11,6 +11,7 @@ _TASKS = {
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
     "grounding": "mmjax.train.tasks.grounding:GroundingTask",
+    "language_model": "mmjax.train.tasks.language_model:LanguageModelTask",
     "superres": "mmjax.train.tasks.superres:SuperResolutionTask",
     "vqa": "mmjax.train.tasks.vqa:VQATask",
 }
