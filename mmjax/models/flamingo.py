@@ -29,8 +29,9 @@ Training updates only the resampler, the gated blocks and the new-token paramete
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask(params))
     tx = optax.multi_transform({"train": optax.adamw(lr), "freeze": optax.set_to_zero()}, labels)
 
-which leaves everything else bit-identical. (`optax.masked(adamw, mask)` alone would not: it
-passes the raw gradients of the masked-out leaves through as their updates.)
+which leaves everything else bit-identical; a run gets the same with `optim.trainable=TRAINABLE`.
+(`optax.masked(adamw, mask)` alone would not: it passes the raw gradients of the masked-out
+leaves through as their updates.)
 """
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ from mmjax.nn.transformer import DEFAULT_LAYER_NORM_EPSILON, TransformerBlock, d
 Dtype = Any
 PyTree = Any
 
-# Top-level parameter collections that train; "transformer"/"gated_xattn_*" train as well.
-TRAINABLE_TOP_LEVEL = ("resampler", "new_token_embed", "new_token_head")
 GATED_BLOCK_PREFIX = "gated_xattn_"
+# What trains, as `optim.trainable` path patterns (the rest is the frozen LM and vision tower).
+TRAINABLE = ("resampler", "new_token_embed", "new_token_head",
+             f"transformer/{GATED_BLOCK_PREFIX}*")
 
 
 class FlamingoTransformer(nn.Module):
@@ -183,19 +185,14 @@ class Flamingo(nn.Module):
     return x + is_new[..., None].astype(x.dtype) * new_rows
 
 
-def _is_trainable(names: tuple[str, ...]) -> bool:
-  if names and names[0] in TRAINABLE_TOP_LEVEL:
-    return True
-  return len(names) > 1 and names[0] == "transformer" and names[1].startswith(GATED_BLOCK_PREFIX)
-
-
 def trainable_mask(params: PyTree) -> PyTree:
-  """Bools shaped like `params` (boxed or not): True for the resampler, the gated
-  cross-attention blocks and the new-token embedding/head; False for the LM and vision encoder.
-  Labels for `optax.multi_transform` (see the module docstring)."""
-  def leaf_mask(path, _):
-    return _is_trainable(tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)))
-  return jax.tree_util.tree_map_with_path(leaf_mask, params)
+  """Bools shaped like `nn.unbox(params)`: True for the resampler, the gated cross-attention
+  blocks and the new-token embedding/head (`TRAINABLE`); False for the LM and vision encoder.
+  Labels for `optax.multi_transform` (see the module docstring); a run gets the same with
+  `optim.trainable=TRAINABLE`."""
+  from mmjax.train.optim import trainable_mask as path_mask  # the one path matcher
+  # Without new tokens (num_new_tokens=0) their parameters do not exist.
+  return path_mask(params, [p for p in TRAINABLE if p.split("/")[0] in params])
 
 
 def load_lm_params(params: PyTree, lm_params: PyTree) -> PyTree:
