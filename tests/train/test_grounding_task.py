@@ -100,7 +100,7 @@ def test_tokens_head_trains_and_decodes_only_coordinates():
 
 def test_bad_input_raises_clear_errors():
   with pytest.raises(ValueError, match=r"model.name must be one of \['captioner', "
-                     r"'regression_grounder'\]"):
+                     r"'regression_grounder', 'unified_decoder'\]"):
     GroundingTask(tiny_config("model.name=vqa_classifier"))
   with pytest.raises(ValueError, match="num_bins must be >= 2, got 1"):
     GroundingTask(tiny_config("num_bins=1", head="tokens"))

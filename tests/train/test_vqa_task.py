@@ -94,7 +94,7 @@ def test_classifier_accuracy_equals_a_recompute_from_logits():
 
 def test_bad_input_raises_clear_errors():
   with pytest.raises(ValueError, match=r"model.name must be one of \['captioner', "
-                     r"'vqa_classifier'\]"):
+                     r"'unified_decoder', 'vqa_classifier'\]"):
     VQATask(tiny_config("model.name=clip"))
   with pytest.raises(ValueError, match=r"vqa_shapeworld.py:HEAD takes HEAD in \('classifier', "
                      r"'generative'\), got 'ranking'"):
