@@ -84,7 +84,7 @@ class LanguageModelTask(Task):
     if getattr(self._model, "cross_attention", False):
       raise ValueError("the language model is decoder-only: set model.cross_attention=False")
     self._eval_cache = None
-    self._sums_fn = jax.jit(self._sums)
+    self._token_stats_fn = jax.jit(self._token_stats)
 
   @property
   def model(self):
@@ -120,9 +120,6 @@ class LanguageModelTask(Task):
     total = jnp.maximum(count.sum(), 1.0)
     return nll.sum() / total, {"token_accuracy": hits.sum() / total}
 
-  def _sums(self, params, text):
-    return self._token_stats(params, text)
-
   def _eval_data(self) -> dict[str, np.ndarray]:
     """Every text of the first `eval.num_images` test images: text int32 `[T, L]`, kind int `[T]`
     (index into TEXT_KINDS)."""
@@ -139,7 +136,7 @@ class LanguageModelTask(Task):
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
     """eval_loss (mean NLL per target token), perplexity, token_accuracy; each per kind too."""
     data = self._eval_data()
-    chunks = sharding.map_in_chunks(functools.partial(self._sums_fn, params), (data["text"],),
+    chunks = sharding.map_in_chunks(functools.partial(self._token_stats_fn, params), (data["text"],),
                                     mesh, self.config.eval.batch_size)
     nll, hits, count = (np.concatenate([np.asarray(out[i])[:rows] for rows, out in chunks])
                         for i in range(3))
