@@ -253,7 +253,8 @@ def test_a_second_run_on_a_workdir_in_use_fails_at_once_naming_the_holder(tmp_pa
   first = ["-c", STALLING_STEP_CHILD, "1", *train_args(workdir, *STEPS)]
   with child(first, log) as proc:
     deadline = time.monotonic() + 300
-    while workdir_lib.holder(workdir) is None:
+    # The holder takes the lock, then writes config.json under it: wait for both.
+    while workdir_lib.holder(workdir) is None or not (workdir / "config.json").exists():
       assert proc.poll() is None, f"first run exited ({proc.returncode}): " + tail(log)
       assert time.monotonic() < deadline, "the first run never took the lock: " + tail(log)
       time.sleep(0.05)
