@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -23,7 +24,7 @@ from mmjax.train import sharding, workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer, warn
 from mmjax.train.config import save_run_config
 from mmjax.train.logging import MetricWriter
-from mmjax.train.optim import count_params, make_optimizer
+from mmjax.train.optim import count_params, make_optimizer, trainable_mask
 from mmjax.train.restore import RestoredRun, restore_params  # noqa: F401 (re-exported)
 from mmjax.train.state import TrainState, build_state  # noqa: F401 (re-exported)
 from mmjax.train.tasks import get_task_class
@@ -78,11 +79,19 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     raise ValueError(f"total_steps must be positive, got {config.total_steps}")
 
 
-def make_train_step(task, tx, schedule):
-  """`(state, batch) -> (state, metrics)`; metrics are replicated scalars."""
+def make_train_step(task, tx, schedule, trainable=()):
+  """`(state, batch) -> (state, metrics)`; metrics are replicated scalars.
+
+  With `trainable` patterns (`optim.trainable`), the frozen leaves' gradients are replaced by
+  zeros before the optimizer and the logged grad_norm see them: nothing reads the real ones,
+  so XLA drops their computation (a frozen vision tower under the rest costs no backward pass).
+  """
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     (loss, metrics), grads = task.loss_and_grad(state.params, batch, rng)
+    if trainable:
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads,
+                           trainable_mask(grads, trainable))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -172,7 +181,8 @@ def _train_in(config, workdir, mesh, task, data_iter, make_data_iter, lock, bega
           f"(optim.trainable={tuple(config.optim.trainable)})")
 
   batch_shard = sharding.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(task, tx, schedule),
+  trainable = tuple(config.optim.get("trainable") or ())
+  train_step = jax.jit(make_train_step(task, tx, schedule, trainable),
                        in_shardings=(state_shardings, batch_shard),
                        out_shardings=(state_shardings, sharding.replicated(mesh)),
                        donate_argnums=0)

@@ -203,3 +203,41 @@ def test_cli_override_and_config_json_round_trip(tmp_path):
   assert trainable_mask(params, loaded.trainable) == {
       "text_proj": {"kernel": True}, "logit_scale": False,
       "image_encoder": {"transformer": {"ln": {"scale": True}}}}
+
+
+class _TwoLayerTask:
+  """loss = sum(tanh(x @ bottom) @ top): "bottom" sits under "top", as a vision tower does."""
+
+  def loss_and_grad(self, params, batch, rng):
+    def loss_fn(p):
+      return jnp.sum(jnp.tanh(batch @ p["bottom"]) @ p["top"]), {}
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def _step_dots(trainable):
+  """The train step of `_TwoLayerTask` under `trainable`: (its metrics, dot ops compiled)."""
+  from mmjax.train.state import TrainState
+  from mmjax.train.trainer import make_train_step
+  config = _optim_config(trainable=trainable, clip_grad_norm=0.0, weight_decay=0.0)
+  tx, schedule = make_optimizer(config, TOTAL_STEPS)
+  params = {"bottom": jnp.arange(12.0).reshape(4, 3) / 10, "top": jnp.ones((3, 2))}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     rng=jax.random.key_data(jax.random.key(0)))
+  batch = jnp.linspace(-1, 1, 20).reshape(5, 4)
+  step = jax.jit(make_train_step(_TwoLayerTask(), tx, schedule, tuple(trainable)))
+  _, metrics = step(state, batch)
+  hlo = step.lower(state, batch).compile().as_text()
+  grads = jax.grad(lambda p: _TwoLayerTask().loss_and_grad(p, batch, None)[0][0])(params)
+  return metrics, hlo.count(" dot("), grads
+
+
+def test_frozen_gradients_are_neither_logged_nor_computed():
+  metrics, dots_all, grads = _step_dots(())
+  assert float(metrics["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-6)
+  metrics, dots_frozen, grads = _step_dots(("top",))
+  # grad_norm is over the trainable gradients only ...
+  assert float(metrics["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads["top"])),
+                                                      rel=1e-6)
+  # ... and the bottom layer's backward pass (its kernel gradient and the gradient through it)
+  # is not compiled: 2 forward dots + 1 for top's gradient, against 2 + 3.
+  assert (dots_all, dots_frozen) == (5, 3)
