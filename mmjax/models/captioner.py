@@ -57,13 +57,16 @@ class TextDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, context: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
+               positions: jax.Array | None = None,
+               context_mask: jax.Array | None = None) -> jax.Array:
     """Next-token logits.
 
     Args:
       tokens: int `[B, T]`.
       context: `[B, S, Dc]` tokens to cross-attend to (if `cross_attention`).
       positions: int `[B, T]` absolute positions (required in decode mode); default 0..T-1.
+      context_mask: bool `[B, S]`, False at context tokens no one attends to (padding);
+        default all attended.
     Returns:
       logits `[B, T, vocab_size]` in float32.
     """
@@ -78,7 +81,9 @@ class TextDecoder(nn.Module):
                     param_dtype=self.param_dtype, attention_impl=self.attention_impl,
                     decode=self.decode, remat=self.remat and not self.decode,
                     gelu_approximate=self.gelu_approximate,
-                    name="transformer")(x, context, causal=True, positions=positions)
+                    name="transformer")(
+                        x, context, causal=True, positions=positions,
+                        context_mask=None if context_mask is None else context_mask[:, None, None])
     logits = dense(self.vocab_size, "lm_head", ("embed", "vocab"), dtype=self.dtype,
                    param_dtype=self.param_dtype)(x)
     return logits.astype(jnp.float32)

@@ -220,19 +220,21 @@ class CoordinateDecoder:
     self.pad_id = pad_id
 
   def decode_tokens(self, params, images: jax.Array, prompt: jax.Array,
-                    prompt_lengths: jax.Array) -> jax.Array:
+                    prompt_lengths: jax.Array, **encoder_inputs) -> jax.Array:
     """Greedy coordinate tokens int32 `[B, 4]` (traceable: call under `jax.jit`).
 
     Args:
       images: `[B, H, W, 3]`.
       prompt: int32 `[B, P]` BOS + expression, right-padded; P + 4 <= the model's max_length.
       prompt_lengths: int32 `[B]`.
+      encoder_inputs: keyword inputs of the model's `init_cache` after the images (OFA: the
+        grounding instruction `[B, Ls]`, with prompt = BOS).
     """
     max_length = prompt.shape[1] + NUM_BOX_TOKENS
     if max_length > self.model.max_length:
       raise ValueError(f"prompts of {prompt.shape[1]} tokens + {NUM_BOX_TOKENS} box tokens "
                        f"exceed the Captioner's max_length={self.model.max_length}")
-    cache = self.model.init_cache(params, images, max_length)
+    cache = self.model.init_cache(params, images, max_length, **encoder_inputs)
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
     step_fn = restrict_to_coordinates(functools.partial(self.model.decode_step, params),
                                       prompt_lengths, self.word_vocab_size, self.num_bins)
@@ -244,6 +246,7 @@ class CoordinateDecoder:
     """Coordinate tokens int `[B, 4]` -> boxes float32 `[B, 4]` (bin centres)."""
     return dequantize_coordinates(tokens - self.word_vocab_size, self.num_bins)
 
-  def decode_boxes(self, params, images, prompt, prompt_lengths) -> jax.Array:
+  def decode_boxes(self, params, images, prompt, prompt_lengths, **encoder_inputs) -> jax.Array:
     """Boxes float32 `[B, 4]` (x0, y0, x1, y1) from greedy coordinate decoding."""
-    return self.tokens_to_boxes(self.decode_tokens(params, images, prompt, prompt_lengths))
+    return self.tokens_to_boxes(self.decode_tokens(params, images, prompt, prompt_lengths,
+                                                   **encoder_inputs))

@@ -151,17 +151,18 @@ class GenerativeAnswerer:
         [row[:n] for row, n in zip(self.answer_tokens, self.answer_lengths)], tokenizer.eos_id)
     self.max_new_tokens = int(self.answer_tokens.shape[1]) + 1  # the answer, then EOS
 
-  def _cache(self, params, images: jax.Array, prompt: jax.Array, repeats: int):
+  def _cache(self, params, images: jax.Array, prompt: jax.Array, repeats: int,
+             encoder_inputs: dict):
     _check_images(images)
     max_length = prompt.shape[1] + self.max_new_tokens
     if max_length > self.model.max_length:
       raise ValueError(f"prompts of {prompt.shape[1]} tokens + {self.max_new_tokens} answer "
                        f"tokens exceed the Captioner's max_length={self.model.max_length}")
-    cache = self.model.init_cache(params, images, max_length)
+    cache = self.model.init_cache(params, images, max_length, **encoder_inputs)
     return decoding.expand_rows(cache, repeats) if repeats > 1 else cache
 
   def decode(self, params, images: jax.Array, prompt: jax.Array, prompt_lengths: jax.Array,
-             questions_per_image: int = 1) -> decoding.DecodeOutput:
+             questions_per_image: int = 1, **encoder_inputs) -> decoding.DecodeOutput:
     """Constrained greedy answers (traceable: call under `jax.jit`).
 
     Args:
@@ -169,10 +170,12 @@ class GenerativeAnswerer:
       prompt: int32 `[B * Q, P]` BOS + question, right-padded; rows b*Q .. b*Q+Q-1 ask about
         image b (Q = `questions_per_image`).
       prompt_lengths: int32 `[B * Q]`.
+      encoder_inputs: keyword inputs of the model's `init_cache` after the images (OFA: the
+        question as its `instruction` `[B, Ls]`, with prompt = BOS).
     Returns:
       DecodeOutput: tokens int32 `[B * Q, T + 1]` (answer + EOS, pad after), lengths, scores.
     """
-    cache = self._cache(params, images, prompt, questions_per_image)
+    cache = self._cache(params, images, prompt, questions_per_image, encoder_inputs)
     return decoding.greedy(functools.partial(self.model.decode_step, params), cache, prompt,
                            prompt_lengths, max_new_tokens=self.max_new_tokens,
                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
@@ -180,9 +183,9 @@ class GenerativeAnswerer:
 
   def answer_log_probs(self, params, images: jax.Array, prompt: jax.Array,
                        prompt_lengths: jax.Array, questions_per_image: int = 1,
-                       with_eos: bool = False) -> jax.Array:
+                       with_eos: bool = False, **encoder_inputs) -> jax.Array:
     """float32 `[B * Q, A]`: log P(answer tokens [+ EOS] | prompt, image) for every answer."""
-    cache = self._cache(params, images, prompt, questions_per_image)
+    cache = self._cache(params, images, prompt, questions_per_image, encoder_inputs)
     candidates, lengths = self.answer_tokens, self.answer_lengths
     if with_eos:
       candidates = np.concatenate([candidates, np.full((len(candidates), 1), self.tokenizer.pad_id,
