@@ -47,6 +47,7 @@ MODELS = {
     "dit": "mmjax.nn.dit:DiT",
     "flamingo": "mmjax.models.flamingo:Flamingo",
     "kl_autoencoder": "mmjax.nn.autoencoder:KLAutoencoder",
+    "ofa": "mmjax.models.ofa:OFA",
     "perceiver_resampler": "mmjax.nn.perceiver:PerceiverResampler",
     "regression_grounder": "mmjax.models.grounding:RegressionGrounder",
     "text_decoder": "mmjax.models.captioner:TextDecoder",

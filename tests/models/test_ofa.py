@@ -1,0 +1,157 @@
+"""OFA: the encoder's [image; instruction] sequence against a numpy transcription, instruction
+padding masked out, K instructions per image equal to K copies of the image, cached decoding
+against recomputation, and bad input."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import decoding
+from mmjax.models import build_model
+
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+VOCAB, MAX_LENGTH, SOURCE_LENGTH, WIDTH = 30, 8, 9, 16
+VISION = dict(name="vision_transformer", patch_size=8, width=12, num_layers=1, num_heads=2,
+              mlp_ratio=2.0)
+PER_IMAGE = 5  # 16x16 px, 8 px patches: 4 patch tokens + the class token
+# Two images, K = 2 instructions each (rows 2i, 2i + 1 are image i's), padded differently.
+INSTRUCTION = np.array([[1, 5, 6, 7, 2, 0, 0],
+                        [1, 8, 2, 0, 0, 0, 0],
+                        [1, 9, 9, 10, 11, 12, 2],
+                        [1, 13, 14, 2, 0, 0, 0]], np.int32)
+
+
+def _model(**fields):
+  config = dict(name="ofa", vision_encoder=VISION, image_positions=8, width=WIDTH,
+                encoder_layers=2, decoder_layers=2, num_heads=2, mlp_ratio=2.0)
+  return build_model({**config, **fields}, vocab_size=VOCAB, max_length=MAX_LENGTH,
+                     source_length=SOURCE_LENGTH)
+
+
+def _randomised(params, seed):
+  """Random values in every leaf (zero biases and unit norms too)."""
+  rng = np.random.default_rng(seed)
+  def randomise(x):
+    x = np.asarray(x)
+    return (0.3 * rng.normal(size=x.shape) + (x if x.ndim == 1 else 0)).astype(np.float32)
+  return jax.tree.map(randomise, params)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = _model()
+  images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  tokens = jnp.ones((4, MAX_LENGTH), jnp.int32)
+  params = fast_jit(model.init)(jax.random.key(1), images, jnp.asarray(INSTRUCTION),
+                                tokens)["params"]
+  return model, _randomised(nn.unbox(params), 2), images
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def test_the_encoder_input_is_the_projected_image_then_the_embedded_instruction(setup):
+  """With no encoder layers the memory is ln_final([image_proj(ViT) + image pos + type 0;
+  token embed + pos + type 1]): transcribed in numpy."""
+  model, _, images = setup
+  shallow = _model(encoder_layers=0)
+  params = _randomised(nn.unbox(fast_jit(shallow.init)(
+      jax.random.key(3), images, jnp.asarray(INSTRUCTION),
+      jnp.ones((4, MAX_LENGTH), jnp.int32))["params"]), 4)
+  memory, mask = shallow.apply({"params": params}, images, jnp.asarray(INSTRUCTION),
+                               method=shallow.encode)
+  vit = shallow.vision_encoder.clone(parent=None)
+  vision, _ = vit.apply({"params": params["vision_encoder"]}, images)
+  enc = jax.tree.map(np.asarray, params["encoder"])
+  image = np.asarray(vision) @ enc["image_proj"]["fc"]["kernel"] + enc["image_proj"]["fc"]["bias"]
+  image = image + enc["image_proj"]["pos_embed"][:PER_IMAGE] + enc["type_embed"][0]
+  text = (enc["token_embed"]["embedding"][INSTRUCTION] + enc["pos_embed"][:INSTRUCTION.shape[1]]
+          + enc["type_embed"][1])
+  expected = np.concatenate([np.repeat(image, 2, axis=0), text], axis=1)
+  ln = enc["transformer"]["ln_final"]
+  np.testing.assert_allclose(memory, _layer_norm(expected, ln["scale"], ln["bias"]),
+                             atol=2e-5, rtol=2e-5)
+  np.testing.assert_array_equal(mask, np.concatenate(
+      [np.ones((4, PER_IMAGE), bool), INSTRUCTION != 0], axis=1))
+
+
+def test_instruction_padding_changes_nothing(setup):
+  model, params, images = setup
+  tokens = jax.random.randint(jax.random.key(5), (4, MAX_LENGTH), 1, VOCAB)
+  logits = model.apply({"params": params}, images, jnp.asarray(INSTRUCTION), tokens)
+  longer = np.pad(INSTRUCTION, ((0, 0), (0, SOURCE_LENGTH - INSTRUCTION.shape[1])))
+  np.testing.assert_allclose(
+      model.apply({"params": params}, images, jnp.asarray(longer), tokens), logits,
+      atol=1e-5, rtol=1e-5)
+  # ... while a word of the instruction does change them.
+  other = INSTRUCTION.copy()
+  other[1, 1] = 20
+  changed = np.asarray(model.apply({"params": params}, images, jnp.asarray(other), tokens))
+  assert np.abs(changed[1] - np.asarray(logits)[1]).max() > 1e-3
+  np.testing.assert_allclose(np.delete(changed, 1, 0), np.delete(np.asarray(logits), 1, 0),
+                             atol=1e-6)
+
+
+def test_k_instructions_per_image_equal_k_copies_of_the_image(setup):
+  model, params, images = setup
+  tokens = jax.random.randint(jax.random.key(6), (4, MAX_LENGTH), 1, VOCAB)
+  shared = model.apply({"params": params}, images, jnp.asarray(INSTRUCTION), tokens)
+  copies = model.apply({"params": params}, jnp.repeat(images, 2, axis=0),
+                       jnp.asarray(INSTRUCTION), tokens)
+  np.testing.assert_allclose(shared, copies, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam_search"])
+def test_cached_decoding_equals_recomputing_every_step(setup, method):
+  model, params, images = setup
+  prompt = jnp.array([[1, 5, 6], [1, 0, 0], [1, 7, 0], [1, 0, 0]], jnp.int32)
+  lengths = jnp.array([3, 1, 2, 1], jnp.int32)
+  options = dict(max_new_tokens=MAX_LENGTH - prompt.shape[1], eos_id=None)
+  if method == "beam_search":
+    options["num_beams"] = 3
+  run = getattr(decoding, method)
+  instruction = jnp.asarray(INSTRUCTION)
+
+  @jax.jit
+  def cached(params, images):
+    cache = model.init_cache(params, images, MAX_LENGTH, instruction=instruction)
+    return run(functools.partial(model.decode_step, params), cache, prompt, lengths, **options)
+
+  @jax.jit
+  def recomputed(params, images):
+    # Each row's own copy of its image, so beam search can expand rows with their context.
+    forward = lambda tokens, context: model.apply({"params": params}, *context, tokens)
+    cache = decoding.init_recompute_cache(4, MAX_LENGTH, (jnp.repeat(images, 2, 0), instruction))
+    return run(decoding.recompute_step_fn(forward), cache, prompt, lengths, **options)
+
+  fast, slow = cached(params, images), recomputed(params, images)
+  np.testing.assert_array_equal(fast.tokens, slow.tokens)
+  np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-4, rtol=1e-4)
+  assert len({tuple(np.asarray(row).ravel()) for row in fast.tokens}) == 4
+
+
+def test_bad_inputs_fail_naming_the_problem(setup):
+  model, params, images = setup
+  tokens = jnp.ones((4, MAX_LENGTH), jnp.int32)
+  long_instruction = jnp.ones((4, SOURCE_LENGTH + 1), jnp.int32)
+  with pytest.raises(ValueError, match=r"instruction has 10 tokens, more than the encoder's "
+                                       r"source_length=9"):
+    model.apply({"params": params}, images, long_instruction, tokens)
+  with pytest.raises(ValueError, match=r"instruction rows must be a multiple of the images .* "
+                                       r"got 3 rows for 2 images"):
+    model.apply({"params": params}, images, jnp.asarray(INSTRUCTION[:3]), tokens[:3])
+  with pytest.raises(ValueError, match="instruction and tokens must have the same rows, got 4 "
+                                       "and 2"):
+    model.apply({"params": params}, images, jnp.asarray(INSTRUCTION), tokens[:2])
+  with pytest.raises(ValueError, match=r"L <= max_length=8"):
+    model.apply({"params": params}, images, jnp.asarray(INSTRUCTION),
+                jnp.ones((4, MAX_LENGTH + 1), jnp.int32))
+  with pytest.raises(ValueError, match=r"cache max_length must be in \[1, 8\]"):
+    model.init_cache(params, images, MAX_LENGTH + 1, instruction=jnp.asarray(INSTRUCTION))
