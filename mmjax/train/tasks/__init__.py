@@ -12,6 +12,7 @@ _TASKS = {
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
     "grounding": "mmjax.train.tasks.grounding:GroundingTask",
     "language_model": "mmjax.train.tasks.language_model:LanguageModelTask",
+    "multitask": "mmjax.train.tasks.multitask:MultiTask",
     "superres": "mmjax.train.tasks.superres:SuperResolutionTask",
     "vqa": "mmjax.train.tasks.vqa:VQATask",
 }
