@@ -18,6 +18,15 @@ False)` keeps them: "token_embed", "pos_embed", "transformer"/"block_i", "transf
 blocks live beside them as "transformer"/"gated_xattn_i". The vision encoder is
 "vision_encoder", the resampler "resampler".
 
+Decoding (the `mmjax.decoding` step-function interface, as the Captioner's):
+
+    cache = model.init_cache(params, images, max_length)   # images resampled once
+    decoding.greedy(functools.partial(model.decode_step, params), cache, prompt, ...)
+
+The cache holds the media latents, every LM block's self-attention K/V, every gated block's
+media K/V (projected once) and each row's count of `<image>` tokens fed so far, which is how
+a token of a later step knows its latest image.
+
 New tokens (`<image>`, end-of-chunk, ...): ids V .. V + num_new_tokens - 1 are the caller's to
 assign. Their input embedding is `token_embed[0] + new_token_embed[k]` (the frozen table is
 looked up at row 0, a constant the trainable row absorbs, so the frozen table is never
@@ -35,7 +44,7 @@ leaves through as their updates.)
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -56,6 +65,21 @@ TRAINABLE = ("resampler", "new_token_embed", "new_token_head",
              f"transformer/{GATED_BLOCK_PREFIX}*")
 
 
+class FlamingoCache(NamedTuple):
+  """Decoding state for B rows (batch-first leaves, so beam search expands and reorders them).
+
+  Attributes:
+    media_latents: `[B, M, R, Wv]`, the resampled images (encoded once, in `init_cache`).
+    kv: the Flax "cache" collection: each LM block's self-attention K/V `[B, max_length, H,
+      Dh]` and each gated block's media K/V `[B, M R, H, Dh]`.
+    media_seen: int32 `[B]`, `<image>` tokens already fed per row: the next text token's
+      latest image is media_seen - 1 (or the next `<image>`).
+  """
+  media_latents: jax.Array
+  kv: PyTree
+  media_seen: jax.Array
+
+
 class FlamingoTransformer(nn.Module):
   """The frozen LM's causal `TransformerBlock`s with `GatedCrossAttentionBlock`s in between,
   then "ln_final": `[B, L, D] -> [B, L, D]`."""
@@ -69,20 +93,25 @@ class FlamingoTransformer(nn.Module):
   gelu_approximate: bool = True
   layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
+  decode: bool = False
+
   @nn.compact
-  def __call__(self, x: jax.Array, media_latents: jax.Array,
-               media_locations: jax.Array) -> jax.Array:
-    """`x` `[B, L, D]`, `media_latents` `[B, M, R, Dv]`, `media_locations` bool `[B, L]`."""
+  def __call__(self, x: jax.Array, media_latents: jax.Array, media_locations: jax.Array,
+               positions: jax.Array | None = None,
+               media_before: jax.Array | None = None) -> jax.Array:
+    """`x` `[B, L, D]`, `media_latents` `[B, M, R, Dv]`, `media_locations` bool `[B, L]`;
+    decoding: `positions` int `[B, L]` (KV-cache slots), `media_before` int `[B]`."""
     for i in range(self.num_layers):
       if (i + 1) % self.cross_attn_every == 0:
         x = GatedCrossAttentionBlock(
             self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
-            self.attention_impl, self.gelu_approximate, self.layer_norm_epsilon,
-            name=f"{GATED_BLOCK_PREFIX}{i}")(x, media_latents, media_locations)
+            self.attention_impl, self.gelu_approximate, self.layer_norm_epsilon, self.decode,
+            name=f"{GATED_BLOCK_PREFIX}{i}")(x, media_latents, media_locations, media_before)
       x = TransformerBlock(self.num_heads, self.mlp_dim, False, self.dtype, self.param_dtype,
-                           self.attention_impl, gelu_approximate=self.gelu_approximate,
+                           self.attention_impl, self.decode,
+                           gelu_approximate=self.gelu_approximate,
                            layer_norm_epsilon=self.layer_norm_epsilon,
-                           name=f"block_{i}")(x, causal=True)
+                           name=f"block_{i}")(x, causal=True, positions=positions)
     return layer_norm("ln_final", self.dtype, self.param_dtype, self.layer_norm_epsilon)(x)
 
 
@@ -117,6 +146,7 @@ class Flamingo(nn.Module):
   attention_impl: str = "einsum"
   gelu_approximate: bool = True
   layer_norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
+  decode: bool = False
 
   def encode_media(self, images: jax.Array) -> jax.Array:
     """`[B, M, H, W, 3]` or with frames `[B, M, F, H, W, 3]` -> latents `[B, M, R, Wv]`."""
@@ -130,7 +160,6 @@ class Flamingo(nn.Module):
     tokens = tokens.reshape((batch, num_media, num_frames) + tokens.shape[1:])
     return self.resampler(tokens)
 
-  @nn.compact
   def __call__(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
     """Teacher-forced next-token logits of interleaved image-text sequences.
 
@@ -156,11 +185,22 @@ class Flamingo(nn.Module):
     if media_latents.shape[0] != tokens.shape[0]:
       raise ValueError(f"images and tokens must have the same batch size, got "
                        f"{media_latents.shape[0]} and {tokens.shape[0]}")
-    x = self._embed(tokens)
+    return self.decode_tokens(tokens, media_latents)
+
+  @nn.compact
+  def decode_tokens(self, tokens: jax.Array, media_latents: jax.Array,
+                    positions: jax.Array | None = None,
+                    media_before: jax.Array | None = None) -> jax.Array:
+    """Logits float32 `[B, L, V + num_new_tokens]` of `tokens` `[B, L]` given the resampled
+    media `[B, M, R, Wv]`; decoding: `positions` int `[B, L]`, `media_before` int `[B]`
+    (`<image>` tokens of each row already in the cache)."""
+    x = self._embed(tokens, positions)
     x = FlamingoTransformer(self.num_layers, self.num_heads, int(self.width * self.mlp_ratio),
                             self.cross_attn_every, self.dtype, self.param_dtype,
                             self.attention_impl, self.gelu_approximate, self.layer_norm_epsilon,
-                            name="transformer")(x, media_latents, tokens == self.image_token_id)
+                            self.decode, name="transformer")(
+                                x, media_latents, tokens == self.image_token_id, positions,
+                                media_before)
     logits = dense(self.vocab_size, "lm_head", ("embed", "vocab"), dtype=self.dtype,
                    param_dtype=self.param_dtype)(x)
     if self.num_new_tokens:
@@ -169,11 +209,44 @@ class Flamingo(nn.Module):
       logits = jnp.concatenate([logits, new_logits], axis=-1)
     return logits.astype(jnp.float32)
 
-  def _embed(self, tokens: jax.Array) -> jax.Array:
+  @nn.nowrap
+  def init_cache(self, params: PyTree, images: jax.Array, max_length: int) -> FlamingoCache:
+    """Encodes and resamples `images` `[B, M, H, W, 3]` once; an empty cache for `max_length`
+    positions (<= the model's `max_length`), every gated block's media K/V projected once."""
+    if not 0 < max_length <= self.max_length:
+      raise ValueError(f"cache max_length must be in [1, {self.max_length}] (the LM's learned "
+                       f"positions), got {max_length}")
+    latents = self.apply({"params": params}, images, method=Flamingo.encode_media)
+    batch = latents.shape[0]
+    tokens = jnp.zeros((batch, max_length), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(max_length, dtype=jnp.int32), (batch, max_length))
+    seen = jnp.zeros((batch,), jnp.int32)
+    # A call on an empty "cache" collection allocates it (see decoding_cache.init_cache).
+    _, variables = self.clone(decode=True).apply(
+        {"params": params}, tokens, latents, positions, seen, method=Flamingo.decode_tokens,
+        mutable=["cache"])
+    return FlamingoCache(latents, variables["cache"], seen)
+
+  @nn.nowrap
+  def decode_step(self, params: PyTree, tokens: jax.Array, cache: FlamingoCache,
+                  positions: jax.Array) -> tuple[jax.Array, FlamingoCache]:
+    """The `mmjax.decoding` step function (bind `params` with `functools.partial`): tokens,
+    positions int `[B, T]` -> (logits `[B, T, V + num_new_tokens]`, cache). An `<image>` among
+    the tokens moves the row's text on to its next image."""
+    if tokens.ndim != 2 or positions.shape != tokens.shape:
+      raise ValueError(f"tokens and positions must both be int [B, T], got shapes "
+                       f"{tokens.shape} and {positions.shape}")
+    logits, variables = self.clone(decode=True).apply(
+        {"params": params, "cache": cache.kv}, tokens, cache.media_latents, positions,
+        cache.media_seen, method=Flamingo.decode_tokens, mutable=["cache"])
+    seen = cache.media_seen + (tokens == self.image_token_id).sum(axis=1, dtype=jnp.int32)
+    return logits, FlamingoCache(cache.media_latents, variables["cache"], seen)
+
+  def _embed(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
     """`[B, L]` -> `[B, L, width]`: the frozen embeddings, plus the trainable new-token rows."""
     is_new = tokens >= self.vocab_size
     x = embed_tokens(self, jnp.where(is_new, 0, tokens), vocab_size=self.vocab_size,
-                     width=self.width, max_length=self.max_length)
+                     width=self.width, max_length=self.max_length, positions=positions)
     if not self.num_new_tokens:
       return x
     new_rows = nn.Embed(self.num_new_tokens, self.width, dtype=self.dtype,
