@@ -1,0 +1,126 @@
+"""Prints the README's tables from the committed metrics files: the one OFA model (this folder)
+on each task beside that task's dedicated heads.
+
+  python experiments/ofa_shapeworld/table.py
+
+Dedicated heads: the Captioner on OFA's 64 px, 1-3 object scenes (this folder,
+metrics_captioner_64px.jsonl), the VQA classifier (experiments/vqa_shapeworld) and both
+grounding heads (experiments/grounding_shapeworld). Standard errors are binomial,
+sqrt(p (1 - p) / n), for accuracies over n independent test items; a difference's is the two
+combined. BLEU-4 and CIDEr-D are corpus scores with no per-item file to bootstrap, so none.
+"""
+import json
+import math
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).parent
+EXPERIMENTS = HERE.parent
+sys.path.insert(0, str(EXPERIMENTS.parent / "configs"))
+
+VQA_QUESTIONS = 1000   # all 5 questions of the first 200 test images
+GROUNDING_IMAGES = 500  # one expression each
+CAPTION_IMAGES = 500
+VQA_TYPES = ("count", "colour", "shape", "exists", "relation", "size")
+
+
+def records(path):
+  return [json.loads(line) for line in open(path)]
+
+
+def se(p, n):
+  return math.sqrt(p * (1 - p) / n)
+
+
+def with_se(p, n):
+  return f"{p:.3f} ± {se(p, n):.3f}"
+
+
+def single_object_images():
+  """How many of the caption eval images hold one object (shape accuracy's n)."""
+  import ofa_shapeworld
+  from mmjax.data.shapeworld_inputs import shapeworld_source
+  source = shapeworld_source(ofa_shapeworld.get_config().data, "test", CAPTION_IMAGES)
+  return sum(int(source[i]["num_objects"]) == 1 for i in range(CAPTION_IMAGES))
+
+
+OFA = HERE / "metrics_ofa.jsonl"
+CAPTIONER = HERE / "metrics_captioner_64px.jsonl"
+VQA_CLASSIFIER = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_default_600steps.jsonl"
+GROUNDING = {"regression head": EXPERIMENTS / "grounding_shapeworld" /
+             "metrics_regression_600steps.jsonl",
+             "coordinate tokens (Captioner)": EXPERIMENTS / "grounding_shapeworld" /
+             "metrics_tokens_600steps.jsonl"}
+
+
+def caption_table(singles):
+  print(f"| model | step | BLEU-4 | CIDEr-D | shape acc. ({singles} 1-object) | colour | size |")
+  print("|---|---|---|---|---|---|---|")
+  rows = [("Captioner (64 px, 1-3 objects)", r, "") for r in records(CAPTIONER)]
+  rows += [("OFA, one model", r, "caption_") for r in records(OFA)]
+  for name, r, p in rows:
+    print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
+          f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
+          f"{r[p + 'size_accuracy']:.3f} |")
+
+
+def vqa_table():
+  print(f"| model | step | accuracy ({VQA_QUESTIONS} questions) | " + " | ".join(VQA_TYPES) +
+        " |")
+  print("|---|---|---|" + "---|" * len(VQA_TYPES))
+  rows = [("VQA classifier head", r, "") for r in records(VQA_CLASSIFIER)]
+  rows += [("OFA, one model", r, "vqa_") for r in records(OFA)]
+  for name, r, p in rows:
+    cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
+    print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
+
+
+def grounding_table():
+  print(f"| model | step | acc@0.5 ({GROUNDING_IMAGES} images) | acc@0.75 | mean IoU |")
+  print("|---|---|---|---|---|")
+  rows = [(name, r, "") for name, path in GROUNDING.items() for r in records(path)]
+  rows += [("OFA, one model", r, "grounding_") for r in records(OFA)]
+  for name, r, p in rows:
+    print(f"| {name} | {r['step']} | {with_se(r[p + 'acc@0.5'], GROUNDING_IMAGES)} | "
+          f"{r[p + 'acc@0.75']:.3f} | {r[p + 'mean_iou']:.3f} |")
+
+
+def gap_table(singles):
+  """OFA's last eval minus each dedicated head's last, against the 0.05 target."""
+  ofa = records(OFA)[-1]
+  print("| task: metric | dedicated head (step) | dedicated | OFA (step "
+        f"{ofa['step']}) | OFA - dedicated | within 0.05? |")
+  print("|---|---|---|---|---|---|")
+  rows = [("captioning: BLEU-4", "Captioner", records(CAPTIONER)[-1], "bleu4", "caption_", None),
+          ("captioning: shape acc.", "Captioner", records(CAPTIONER)[-1], "shape_accuracy",
+           "caption_", singles),
+          ("VQA: accuracy", "classifier", records(VQA_CLASSIFIER)[-1], "accuracy", "vqa_",
+           VQA_QUESTIONS)]
+  rows += [("grounding: acc@0.5", name, records(path)[-1], "acc@0.5", "grounding_",
+            GROUNDING_IMAGES) for name, path in GROUNDING.items()]
+  for task, name, head, key, prefix, n in rows:
+    mine, theirs = ofa[prefix + key], head[key]
+    gap = mine - theirs
+    verdict = "yes" if gap > -0.05 else "no"
+    if n is None:
+      gap_text = f"{gap:+.3f}"
+    else:
+      gap_se = math.sqrt(se(mine, n) ** 2 + se(theirs, n) ** 2)
+      gap_text = f"{gap:+.3f} ± {gap_se:.3f}"
+      verdict += f" ({(gap + 0.05) / gap_se:+.1f} SE from the bar)"
+    print(f"| {task} | {name} ({head['step']}) | {theirs:.3f} | {mine:.3f} | {gap_text} | "
+          f"{verdict} |")
+
+
+def main():
+  singles = single_object_images()
+  for title, table in [("Captioning", lambda: caption_table(singles)), ("VQA", vqa_table),
+                       ("Grounding", grounding_table),
+                       ("OFA against the dedicated heads", lambda: gap_table(singles))]:
+    print(f"### {title}\n")
+    table()
+    print()
+
+
+if __name__ == "__main__":
+  main()
