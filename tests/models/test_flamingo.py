@@ -14,6 +14,8 @@ from mmjax.models import build_model
 from mmjax.models.captioner import TextDecoder
 from mmjax.models.flamingo import load_lm_params, trainable_mask
 
+from decoding_checks import assert_cached_decoding_equals_recomputing, randomised
+
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 VOCAB = 20
@@ -133,36 +135,16 @@ def test_bad_inputs_raise(setup):
 
 @pytest.mark.parametrize("method", ["greedy", "beam_search"])
 def test_cached_decoding_equals_recomputing_every_step(setup, method):
-  """Prompts that end mid-chunk and before an image, with every gate open: the cache's media
+  """Prompts that end mid-chunk and right after an image, every gate open: the cache's media
   K/V and per-row image count give what a full forward pass over the buffer gives."""
-  from mmjax import decoding
   model, params, images, *_ = setup
-  rng = np.random.default_rng(3)  # random values in every leaf, so rows decode differently
-  params = jax.tree.map(lambda x: jnp.asarray(
-      0.3 * rng.normal(size=np.shape(x)) + (x if np.ndim(x) == 1 else 0), jnp.float32), params)
+  params = randomised(params, 3)
   for i in range(LM["num_layers"]):
     for gate in ("alpha_attn", "alpha_ffw"):
       params = set_leaf(params, ("transformer", f"gated_xattn_{i}", gate), jnp.float32(0.7))
   # Row 0: "x <image> a red" (then generates into chunk 1); row 1: "<image> ... <eoc> <image>".
   prompt = jnp.array([[5, IMAGE, 6, 7, 0, 0, 0], [IMAGE, 11, 12, EOC, 3, 4, IMAGE]], jnp.int32)
   lengths = jnp.array([4, 7], jnp.int32)
-  options = dict(max_new_tokens=MAX_LENGTH - prompt.shape[1], eos_id=None)
-  if method == "beam_search":
-    options["num_beams"] = 3
-  run = getattr(decoding, method)
-
-  @jax.jit
-  def cached(params, images):
-    cache = model.init_cache(params, images, MAX_LENGTH)
-    return run(functools.partial(model.decode_step, params), cache, prompt, lengths, **options)
-
-  @jax.jit
-  def recomputed(params, images):
-    forward = lambda tokens, context: model.apply({"params": params}, context, tokens)
-    cache = decoding.init_recompute_cache(2, MAX_LENGTH, images)
-    return run(decoding.recompute_step_fn(forward), cache, prompt, lengths, **options)
-
-  fast, slow = cached(params, images), recomputed(params, images)
-  np.testing.assert_array_equal(fast.tokens, slow.tokens)
-  np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-4, rtol=1e-4)
-  assert len({tuple(np.asarray(row).ravel()) for row in fast.tokens}) == 2
+  assert_cached_decoding_equals_recomputing(
+      model, params, lambda p: model.init_cache(p, images, MAX_LENGTH), (images,), prompt,
+      lengths, MAX_LENGTH, method)

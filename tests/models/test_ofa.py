@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import decoding
 from mmjax.models import build_model
+
+from decoding_checks import assert_cached_decoding_equals_recomputing, randomised
 
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -32,15 +33,6 @@ def _model(**fields):
                      source_length=SOURCE_LENGTH)
 
 
-def _randomised(params, seed):
-  """Random values in every leaf (zero biases and unit norms too)."""
-  rng = np.random.default_rng(seed)
-  def randomise(x):
-    x = np.asarray(x)
-    return (0.3 * rng.normal(size=x.shape) + (x if x.ndim == 1 else 0)).astype(np.float32)
-  return jax.tree.map(randomise, params)
-
-
 @pytest.fixture(scope="module")
 def setup():
   model = _model()
@@ -48,7 +40,7 @@ def setup():
   tokens = jnp.ones((4, MAX_LENGTH), jnp.int32)
   params = fast_jit(model.init)(jax.random.key(1), images, jnp.asarray(INSTRUCTION),
                                 tokens)["params"]
-  return model, _randomised(nn.unbox(params), 2), images
+  return model, randomised(nn.unbox(params), 2), images
 
 
 def _layer_norm(x, scale, bias, eps=1e-6):
@@ -62,7 +54,7 @@ def test_the_encoder_input_is_the_projected_image_then_the_embedded_instruction(
   token embed + pos + type 1]): transcribed in numpy."""
   model, _, images = setup
   shallow = _model(encoder_layers=0)
-  params = _randomised(nn.unbox(fast_jit(shallow.init)(
+  params = randomised(nn.unbox(fast_jit(shallow.init)(
       jax.random.key(3), images, jnp.asarray(INSTRUCTION),
       jnp.ones((4, MAX_LENGTH), jnp.int32))["params"]), 4)
   memory, mask = shallow.apply({"params": params}, images, jnp.asarray(INSTRUCTION),
@@ -113,28 +105,12 @@ def test_cached_decoding_equals_recomputing_every_step(setup, method):
   model, params, images = setup
   prompt = jnp.array([[1, 5, 6], [1, 0, 0], [1, 7, 0], [1, 0, 0]], jnp.int32)
   lengths = jnp.array([3, 1, 2, 1], jnp.int32)
-  options = dict(max_new_tokens=MAX_LENGTH - prompt.shape[1], eos_id=None)
-  if method == "beam_search":
-    options["num_beams"] = 3
-  run = getattr(decoding, method)
   instruction = jnp.asarray(INSTRUCTION)
-
-  @jax.jit
-  def cached(params, images):
-    cache = model.init_cache(params, images, MAX_LENGTH, instruction=instruction)
-    return run(functools.partial(model.decode_step, params), cache, prompt, lengths, **options)
-
-  @jax.jit
-  def recomputed(params, images):
-    # Each row's own copy of its image, so beam search can expand rows with their context.
-    forward = lambda tokens, context: model.apply({"params": params}, *context, tokens)
-    cache = decoding.init_recompute_cache(4, MAX_LENGTH, (jnp.repeat(images, 2, 0), instruction))
-    return run(decoding.recompute_step_fn(forward), cache, prompt, lengths, **options)
-
-  fast, slow = cached(params, images), recomputed(params, images)
-  np.testing.assert_array_equal(fast.tokens, slow.tokens)
-  np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-4, rtol=1e-4)
-  assert len({tuple(np.asarray(row).ravel()) for row in fast.tokens}) == 4
+  # The cache encodes each image once for its 2 rows; the recomputation gives each row its
+  # own copy of its image (so beam search can expand rows with their context).
+  assert_cached_decoding_equals_recomputing(
+      model, params, lambda p: model.init_cache(p, images, MAX_LENGTH, instruction=instruction),
+      (jnp.repeat(images, 2, 0), instruction), prompt, lengths, MAX_LENGTH, method)
 
 
 def test_bad_inputs_fail_naming_the_problem(setup):

@@ -13,6 +13,8 @@ from mmjax.models import build_model
 from mmjax.nn.transformer import Transformer
 from mmjax.train import sharding
 
+from decoding_checks import assert_cached_decoding_equals_recomputing, randomised
+
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 VOCAB, MAX_LENGTH, IMAGE = 24, 10, 23
@@ -31,21 +33,12 @@ def _model(**fields):
   return build_model({**config, **fields}, vocab_size=VOCAB, max_length=MAX_LENGTH)
 
 
-def _randomised(params, seed):
-  """Random values in every leaf (the projector's zero biases and the LM's unit norms too)."""
-  rng = np.random.default_rng(seed)
-  def randomise(x):
-    x = np.asarray(x)
-    return (0.3 * rng.normal(size=x.shape) + (x if x.ndim == 1 else 0)).astype(np.float32)
-  return jax.tree.map(randomise, params)
-
-
 @pytest.fixture(scope="module")
 def interleaved():
   model = _model(image_token_id=IMAGE)
   images = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 3))
   params = fast_jit(model.init)(jax.random.key(1), images, jnp.asarray(INTERLEAVED))["params"]
-  return model, _randomised(nn.unbox(params), 2), images
+  return model, randomised(nn.unbox(params), 2), images
 
 
 def _gelu_tanh(x):
@@ -118,7 +111,7 @@ def _images_first_setup():
   model = _model()
   images = jax.random.uniform(jax.random.key(3), (3, 2, 16, 16, 3))
   params = fast_jit(model.init)(jax.random.key(4), images, jnp.ones((3, 4), jnp.int32))["params"]
-  return model, _randomised(nn.unbox(params), 5), images
+  return model, randomised(nn.unbox(params), 5), images
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam_search"])
@@ -126,28 +119,9 @@ def test_cached_decoding_equals_recomputing_every_step(method):
   model, params, images = _images_first_setup()
   prompt = jnp.array([[1, 5, 6, 7], [1, 8, 0, 0], [1, 0, 0, 0]], jnp.int32)
   lengths = jnp.array([4, 2, 1], jnp.int32)
-  new = MAX_LENGTH - prompt.shape[1]
-  options = dict(max_new_tokens=new, eos_id=None)
-  if method == "beam_search":
-    options["num_beams"] = 3
-  run = getattr(decoding, method)
-
-  @jax.jit
-  def cached(params, images):
-    cache = model.init_cache(params, images, MAX_LENGTH)
-    return run(functools.partial(model.decode_step, params), cache, prompt, lengths, **options)
-
-  @jax.jit
-  def recomputed(params, images):
-    forward = lambda tokens, context: model.apply({"params": params}, context, tokens)
-    cache = decoding.init_recompute_cache(3, MAX_LENGTH, images)
-    return run(decoding.recompute_step_fn(forward), cache, prompt, lengths, **options)
-
-  fast, slow = cached(params, images), recomputed(params, images)
-  np.testing.assert_array_equal(fast.tokens, slow.tokens)
-  np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-4, rtol=1e-4)
-  # Distinct continuations per row: the images and prompts matter, not a constant decode.
-  assert len({tuple(np.asarray(row).ravel()) for row in fast.tokens}) == 3
+  assert_cached_decoding_equals_recomputing(
+      model, params, lambda p: model.init_cache(p, images, MAX_LENGTH), (images,), prompt,
+      lengths, MAX_LENGTH, method)
 
 
 def test_sharded_loss_equals_single_device():
