@@ -55,6 +55,34 @@ def test_rows_are_the_images_own_texts_of_every_kind():
   assert any(not np.array_equal(load(i, i)["text"], load(i + 50, i)["text"]) for i in range(10))
 
 
+def test_packed_rows_are_whole_texts_of_train_images_until_the_next_does_not_fit():
+  config = _config("data.pack=True", "data.context_length=64")
+  task = LanguageModelTask(config)
+  tok = task.tokenizer
+  source = _source(config, "train", 50)
+  every_text = {s for i in range(len(source)) for strings in _texts_by_hand(source[i]).values()
+                for s in strings}
+  shortest = min(len(tok.encode(s)) + 2 for s in every_text)
+  load = _LoadText(source, tok, 64, config.seed, pack=True)
+  counts = []
+  for position in range(40):
+    index = position % len(source)
+    row = load(position, index)["text"]
+    used = int((row != tok.pad_id).sum())
+    assert (row[used:] == tok.pad_id).all() and used <= 64
+    # Split at BOS by hand: every piece is BOS + one train text + EOS.
+    starts = [i for i in range(used) if row[i] == tok.bos_id]
+    assert starts[0] == 0
+    pieces = [row[a:b] for a, b in zip(starts, starts[1:] + [used])]
+    for piece in pieces:
+      assert piece[-1] == tok.eos_id and tok.decode(piece) in every_text, tok.decode(piece)
+    # The first text is the indexed image's own (as without packing).
+    assert tok.decode(pieces[0]) in {s for v in _texts_by_hand(source[index]).values() for s in v}
+    assert 64 - used < 22  # the longest text (20 words + BOS + EOS) would not have been cut off
+    counts.append(len(pieces))
+  assert min(counts) >= 64 // 22 and max(counts) <= 64 // shortest
+
+
 def _numpy_nll(logits, text, pad_id):
   """(summed NLL, hits, targets) over the non-pad next tokens of one row, in numpy."""
   logits, targets = np.asarray(logits, np.float64)[:-1], text[1:]

@@ -6,7 +6,10 @@ decoder's and Flamingo's LM slots ("token_embed", "pos_embed", "transformer", "l
 
 Each training row is BOS + one text of an image + EOS, the text drawn per (seed, epoch, index)
 from the image's `TEXT_KINDS`: its 5 captions, its 5 questions each followed by its answer
-("how many shapes are there? two") and its referring expression. `evaluate` scores every text
+("how many shapes are there? two") and its referring expression. With `data.pack=True` a row
+is packed: BOS t_1 EOS BOS t_2 EOS ... with whole texts of further images drawn from the same
+rng until the next would not fit, so every one of the `context_length` positions trains (what
+Flamingo's interleaved rows need of their frozen LM: many chunks in one sequence). `evaluate` scores every text
 of the first `eval.num_images` test images: mean next-token NLL ("eval_loss"), its perplexity
 and next-token accuracy, overall and per kind.
 """
@@ -44,17 +47,39 @@ def image_texts(item: dict) -> list[tuple[str, str]]:
 
 
 class _LoadText:
-  """(stream position, source index) -> {"text": int32 `[L]`} of one of the image's texts."""
+  """(stream position, source index) -> {"text": int32 `[L]`}: one of the image's texts, or with
+  `pack` that text followed by texts of other images drawn by the same rng (see module doc)."""
 
-  def __init__(self, source, tokenizer, context_length: int, seed: int):
+  def __init__(self, source, tokenizer, context_length: int, seed: int, pack: bool = False):
     self.source, self.tokenizer, self.context_length = source, tokenizer, context_length
-    self.seed = seed
+    self.seed, self.pack = seed, pack
 
   def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
-    texts = image_texts(self.source[index])
     rng = pipeline.example_rng(self.seed, position // len(self.source), index, "text")
-    _, text = texts[int(rng.integers(len(texts)))]
-    return {"text": encode_whole(self.tokenizer, text, self.context_length)}
+
+    def draw(item_index: int) -> str:
+      texts = image_texts(self.source[item_index])
+      return texts[int(rng.integers(len(texts)))][1]
+
+    first = encode_whole(self.tokenizer, draw(index), self.context_length)
+    if not self.pack:
+      return {"text": first}
+    return {"text": pack_texts(self.tokenizer, first, self.context_length,
+                               lambda: draw(int(rng.integers(len(self.source)))))}
+
+
+def pack_texts(tokenizer, first: np.ndarray, context_length: int, next_text) -> np.ndarray:
+  """int32 `[L]`: the encoded row `first` (BOS t EOS, pad-filled), then BOS t EOS of each
+  `next_text()` while it fits; the first text that does not fit ends the row (pad after)."""
+  row = [int(t) for t in first if t != tokenizer.pad_id]
+  while True:
+    ids = [tokenizer.bos_id, *tokenizer.encode(next_text()), tokenizer.eos_id]
+    if len(row) + len(ids) > context_length:
+      break
+    row += ids
+  out = np.full(context_length, tokenizer.pad_id, np.int32)
+  out[:len(row)] = row
+  return out
 
 
 def encode_whole(tokenizer, text: str, context_length: int) -> np.ndarray:
@@ -93,7 +118,7 @@ class LanguageModelTask(Task):
   def train_batches(self, process_index: int, process_count: int):
     data = self.config.data
     loader = lambda source: _LoadText(source, self.tokenizer, data.context_length,
-                                      self.config.seed)
+                                      self.config.seed, bool(data.get("pack", False)))
     return example_train_batches(self.config, loader, process_index, process_count)
 
   def check_batch(self, batch, step: int) -> None:
@@ -131,6 +156,9 @@ class LanguageModelTask(Task):
           rows.append(encode_whole(self.tokenizer, text, self.config.data.context_length))
           kinds.append(TEXT_KINDS.index(kind))
       self._eval_cache = {"text": np.stack(rows), "kind": np.asarray(kinds)}
+      if self.config.data.get("pack", False):
+        self._eval_cache["packed"] = pack_rows(rows, self.tokenizer.pad_id,
+                                               self.config.data.context_length)
     return self._eval_cache
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
@@ -148,4 +176,29 @@ class LanguageModelTask(Task):
       results[f"eval_loss{name}"] = loss
       results[f"perplexity{name}"] = float(np.exp(loss))
       results[f"token_accuracy{name}"] = float(hits[rows].sum()) / total
+    if "packed" in data:
+      # The same texts packed as in training: the positions past one text's length are scored.
+      chunks = sharding.map_in_chunks(functools.partial(self._token_stats_fn, params),
+                                      (data["packed"],), mesh, self.config.eval.batch_size)
+      nll, hits, count = (sum(float(np.asarray(out[i])[:rows].sum()) for rows, out in chunks)
+                          for i in range(3))
+      results["eval_loss_packed"] = nll / max(count, 1.0)
+      results["token_accuracy_packed"] = hits / max(count, 1.0)
     return results
+
+
+def pack_rows(rows: list[np.ndarray], pad_id: int, context_length: int) -> np.ndarray:
+  """int32 `[R, L]`: the encoded texts `rows` (each BOS t EOS, pad-filled) in order, as many
+  whole texts per row as fit."""
+  packed, current = [], []
+  for row in rows:
+    ids = [int(t) for t in row if t != pad_id]
+    if current and len(current) + len(ids) > context_length:
+      packed.append(current)
+      current = []
+    current = current + ids
+  packed.append(current)
+  out = np.full((len(packed), context_length), pad_id, np.int32)
+  for i, ids in enumerate(packed):
+    out[i, :len(ids)] = ids
+  return out
