@@ -28,7 +28,7 @@ from mmjax.train.optim import count_params, make_optimizer, trainable_mask
 from mmjax.train.restore import RestoredRun, restore_params  # noqa: F401 (re-exported)
 from mmjax.train.state import TrainState, build_state  # noqa: F401 (re-exported)
 from mmjax.train.tasks import get_task_class
-from mmjax.train.warm_start import warm_start
+from mmjax.train.warm_start import active_sources, warm_start
 
 
 class NonFiniteLossError(RunFault, FloatingPointError):
@@ -162,7 +162,7 @@ def _restore_or_init(config, checkpointer, abstract_state, init_fn, data_iter, m
     data_iter = make_data_iter()  # A failed restore may have moved the iterator.
   state = init_fn()
   init_from = config.get("init_from")
-  if init_from is not None and (init_from.get("workdir") or init_from.get("checkpoint")):
+  if active_sources(init_from):
     params, lines = warm_start(state.params, init_from, mesh, state_shardings.params)
     state = state.replace(params=params)
     if is_main:

@@ -8,6 +8,16 @@ Config section (off when `workdir` is empty):
         step=-1,                          # checkpoint step; -1 = the latest
         params=("image_encoder:image_encoder",)))   # "source/path:target/path" pairs
 
+Several sources (Flamingo: its LM from a language-model run, its vision tower from a CLIP run)
+are named sub-sections, each of the form above, applied in the order of their names (a
+ConfigDict keeps its keys sorted):
+
+    c.init_from = ml_collections.ConfigDict(dict(
+        lm=ml_collections.ConfigDict(dict(workdir="runs/lm", config="", step=-1,
+                                          params=("transformer:transformer", ...))),
+        vision=ml_collections.ConfigDict(dict(workdir="runs/clip", config="", step=-1,
+                                              params=("image_encoder:vision_encoder",)))))
+
 Each pair names a subtree by its '/'-separated keys in the source run's params and in this
 run's params; the two must have the same keys, shapes and dtypes (an error lists what
 differs). Only a fresh run is warm-started: a resumed run restores its own checkpoint.
@@ -84,9 +94,30 @@ def source_config(init_from: ml_collections.ConfigDict) -> ml_collections.Config
                          "source run was trained with")
 
 
+def _is_source(section: Any) -> bool:
+  return hasattr(section, "get") and ("workdir" in section or "checkpoint" in section)
+
+
+def active_sources(init_from: ml_collections.ConfigDict | None) -> list[ml_collections.ConfigDict]:
+  """The sources of `init_from` that name a run or a checkpoint (a single-source section, or
+  its named sub-sections in name order); [] when warm start is off."""
+  if init_from is None:
+    return []
+  if _is_source(init_from):
+    sections = [init_from]
+  else:
+    sections = [init_from[key] for key in init_from]
+    bad = [key for key, section in zip(init_from, sections) if not _is_source(section)]
+    if bad:
+      raise ValueError(f"init_from.{bad[0]} is neither a source (workdir / checkpoint, params) "
+                       "nor does init_from itself name one; see mmjax/train/warm_start.py")
+  return [section for section in sections
+          if section.get("workdir") or section.get("checkpoint")]
+
+
 def warm_start(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
                param_shardings: PyTree) -> tuple[PyTree, list[str]]:
-  """Returns `params` with the mapped subtrees taken from the run in `init_from.workdir`.
+  """Returns `params` with the mapped subtrees taken from every active source of `init_from`.
 
   Args:
     params: this run's freshly initialised params (nested dicts of arrays).
@@ -96,6 +127,16 @@ def warm_start(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
   Returns:
     (new params, one line per copied subtree saying what came from where).
   """
+  lines = []
+  for source in active_sources(init_from):
+    params, source_lines = _warm_start_from(params, source, mesh, param_shardings)
+    lines += source_lines
+  return params, lines
+
+
+def _warm_start_from(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
+                     param_shardings: PyTree) -> tuple[PyTree, list[str]]:
+  """`warm_start` from one source section."""
   mappings = [parse_mapping(item) for item in init_from.params]
   if not mappings:
     raise ValueError("init_from is set but init_from.params names no subtree to copy")

@@ -87,6 +87,42 @@ def test_mismatched_tower_and_unknown_subtree_fail_clearly(clip_run, tmp_path):
                                                             ("vision", "encoder"))
 
 
+def test_named_sources_each_copy_their_subtrees_and_empty_ones_are_skipped(clip_run):
+  import ml_collections
+  from jax.sharding import NamedSharding, PartitionSpec
+  from mmjax.train import sharding
+  from mmjax.train.warm_start import warm_start
+  workdir, clip_result = clip_run
+  clip_params = clip_result.state.params["image_encoder"]
+  config = vqa_config()
+  params = jax.tree.map(np.asarray, VQATask(config).init_params(jax.random.key(1)))
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
+  source = lambda run, *pairs: ml_collections.ConfigDict(dict(workdir=run, config="", step=-1,
+                                                              params=pairs))
+  init_from = ml_collections.ConfigDict(dict(
+      positions=source(str(workdir), "image_encoder/pos_embed:image_encoder/pos_embed"),
+      off=source("", "nothing:nothing"),
+      blocks=source(str(workdir), "image_encoder/transformer:image_encoder/transformer")))
+  new, lines = warm_start(params, init_from, mesh, shardings)
+  # ConfigDict keeps its keys sorted: "blocks" before "positions".
+  assert len(lines) == 2 and "transformer" in lines[0] and "pos_embed" in lines[1]
+  _assert_trees_equal(new["image_encoder"]["transformer"], clip_params["transformer"])
+  np.testing.assert_array_equal(new["image_encoder"]["pos_embed"],
+                                np.asarray(nn_unbox(clip_params["pos_embed"])))
+  # What no source names stays as initialised.
+  _assert_trees_equal(new["question_encoder"], params["question_encoder"])
+  bad = ml_collections.ConfigDict(dict(positions=init_from.positions, typo=dict(work="x")))
+  with pytest.raises(ValueError, match="init_from.typo is neither a source"):
+    warm_start(params, bad, mesh, shardings)
+
+
+def nn_unbox(x):
+  return x.unbox() if hasattr(x, "unbox") else x
+
+
 def test_warm_start_and_restore_do_not_import_the_trainer():
   """The trainer imports warm start, which restores the source run: `restore` is their shared
   module, so neither may import the trainer back (not even inside a function)."""
