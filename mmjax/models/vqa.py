@@ -138,22 +138,28 @@ class GenerativeAnswerer:
   Attributes:
     model: the Captioner (its `max_length` bounds prompt + answer + EOS).
     answer_tokens: int32 `[A, T]` answer ids (pad-filled), e.g. from `answer_token_table`.
-    trie: the `PrefixTrie` of the answers, each closed by EOS.
+    trie: the `PrefixTrie` of the answers, each closed by `end_id`.
+    end_id: the token that closes an answer: the tokenizer's EOS, or Flamingo's end-of-chunk.
   """
 
-  def __init__(self, model: Captioner, answers: Sequence[str], tokenizer: Tokenizer):
+  def __init__(self, model: Captioner, answers: Sequence[str], tokenizer: Tokenizer,
+               end_id: int | None = None):
     self.model, self.answers, self.tokenizer = model, tuple(answers), tokenizer
+    self.end_id = tokenizer.eos_id if end_id is None else int(end_id)
     self.answer_tokens = answer_token_table(answers, tokenizer)
     self.answer_lengths = (self.answer_tokens != tokenizer.pad_id).sum(1).astype(np.int32)
     if len({tuple(row) for row in self.answer_tokens}) != len(answers):
       raise ValueError(f"answers {answers} do not tokenize to distinct sequences")
     self.trie = decoding.build_prefix_trie(
-        [row[:n] for row, n in zip(self.answer_tokens, self.answer_lengths)], tokenizer.eos_id)
-    self.max_new_tokens = int(self.answer_tokens.shape[1]) + 1  # the answer, then EOS
+        [row[:n] for row, n in zip(self.answer_tokens, self.answer_lengths)], self.end_id)
+    self.max_new_tokens = int(self.answer_tokens.shape[1]) + 1  # the answer, then its end
 
   def _cache(self, params, images: jax.Array, prompt: jax.Array, repeats: int,
              encoder_inputs: dict):
-    _check_images(images)
+    # One image per row [B, H, W, 3], or Flamingo's several [B, M, H, W, 3].
+    if images.ndim not in (4, 5) or images.shape[-1] != 3:
+      raise ValueError(f"images must be float [B, H, W, 3] (or [B, M, H, W, 3] for several per "
+                       f"row), got shape {tuple(images.shape)}")
     max_length = prompt.shape[1] + self.max_new_tokens
     if max_length > self.model.max_length:
       raise ValueError(f"prompts of {prompt.shape[1]} tokens + {self.max_new_tokens} answer "
@@ -166,31 +172,31 @@ class GenerativeAnswerer:
     """Constrained greedy answers (traceable: call under `jax.jit`).
 
     Args:
-      images: `[B, H, W, 3]`, encoded once each.
+      images: `[B, H, W, 3]` (Flamingo: `[B, M, H, W, 3]`), encoded once each.
       prompt: int32 `[B * Q, P]` BOS + question, right-padded; rows b*Q .. b*Q+Q-1 ask about
         image b (Q = `questions_per_image`).
       prompt_lengths: int32 `[B * Q]`.
       encoder_inputs: keyword inputs of the model's `init_cache` after the images (OFA: the
         question as its `instruction` `[B, Ls]`, with prompt = BOS).
     Returns:
-      DecodeOutput: tokens int32 `[B * Q, T + 1]` (answer + EOS, pad after), lengths, scores.
+      DecodeOutput: tokens int32 `[B * Q, T + 1]` (answer + end, pad after), lengths, scores.
     """
     cache = self._cache(params, images, prompt, questions_per_image, encoder_inputs)
     return decoding.greedy(functools.partial(self.model.decode_step, params), cache, prompt,
                            prompt_lengths, max_new_tokens=self.max_new_tokens,
-                           eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                           eos_id=self.end_id, pad_id=self.tokenizer.pad_id,
                            constraint=self.trie)
 
   def answer_log_probs(self, params, images: jax.Array, prompt: jax.Array,
                        prompt_lengths: jax.Array, questions_per_image: int = 1,
                        with_eos: bool = False, **encoder_inputs) -> jax.Array:
-    """float32 `[B * Q, A]`: log P(answer tokens [+ EOS] | prompt, image) for every answer."""
+    """float32 `[B * Q, A]`: log P(answer tokens [+ end] | prompt, image) for every answer."""
     cache = self._cache(params, images, prompt, questions_per_image, encoder_inputs)
     candidates, lengths = self.answer_tokens, self.answer_lengths
     if with_eos:
       candidates = np.concatenate([candidates, np.full((len(candidates), 1), self.tokenizer.pad_id,
                                                        np.int32)], axis=1)
-      candidates[np.arange(len(candidates)), lengths] = self.tokenizer.eos_id
+      candidates[np.arange(len(candidates)), lengths] = self.end_id
       lengths = lengths + 1
     return decoding.sequence_log_probs(functools.partial(self.model.decode_step, params), cache,
                                        prompt, prompt_lengths, jnp.asarray(candidates),
@@ -202,6 +208,6 @@ class GenerativeAnswerer:
     width = self.max_new_tokens
     table = np.full((len(self.answers), width), self.tokenizer.pad_id, np.int32)
     table[:, :self.answer_tokens.shape[1]] = self.answer_tokens
-    table[np.arange(len(self.answers)), self.answer_lengths] = self.tokenizer.eos_id
+    table[np.arange(len(self.answers)), self.answer_lengths] = self.end_id
     match = (decoded_tokens[:, None, :] == table[None]).all(-1)  # [N, A]
     return np.where(match.any(1), match.argmax(1), -1)

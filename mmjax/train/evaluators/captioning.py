@@ -15,8 +15,8 @@ AttributeMetrics = Callable[[list[str], Mapping[str, np.ndarray]], dict[str, flo
 
 
 class CaptioningEvaluator:
-  """Captions from `generate_fn(params, images [B, ...]) -> token ids int [B, T]` (jittable;
-  EOS then padding), decoded by `tokenizer.decode_batch`, against references.
+  """Captions from `generate_fn(params, images [B, ...], *extra_inputs) -> token ids int [B, T]`
+  (jittable; EOS then padding), decoded by `tokenizer.decode_batch`, against references.
 
   Metrics: `bleu4` (sacrebleu corpus BLEU / 100, in [0, 1]), `cider_d`, and with
   `attribute_labels` whatever `attribute_metrics(captions, attribute_labels)` returns (e.g.
@@ -27,7 +27,8 @@ class CaptioningEvaluator:
   def __init__(self, generate_fn: Callable, tokenizer: Any, images: np.ndarray,
                references: Sequence[Sequence[str]], batch_size: int, *,
                attribute_labels: Mapping[str, np.ndarray] | None = None,
-               attribute_metrics: AttributeMetrics | None = None):
+               attribute_metrics: AttributeMetrics | None = None,
+               extra_inputs: Sequence[np.ndarray] = ()):
     """
     Args:
       tokenizer: has `decode_batch(int [N, T]) -> N str`.
@@ -36,6 +37,8 @@ class CaptioningEvaluator:
       batch_size: images per device call.
       attribute_labels: per-image structured labels (each `[N, ...]`), for attribute_metrics.
       attribute_metrics: `(captions, attribute_labels) -> dict[str, float]`.
+      extra_inputs: more host arrays `[N, ...]` chunked with the images (a few-shot model's
+        prompts and their lengths).
     """
     num_images = check_rows({"images": images})
     if len(references) != num_images:
@@ -49,19 +52,23 @@ class CaptioningEvaluator:
       raise ValueError("attribute_labels and attribute_metrics go together: pass both or neither")
     if attribute_labels is not None:
       check_rows(dict(attribute_labels), num_images)
+    if extra_inputs:
+      check_rows({f"extra_inputs[{i}]": x for i, x in enumerate(extra_inputs)}, num_images)
+    self.extra_inputs = tuple(extra_inputs)
     self.images, self.references = images, [list(refs) for refs in references]
     self.tokenizer, self.batch_size = tokenizer, check_batch_size(batch_size)
     self.attribute_labels, self.attribute_metrics = attribute_labels, attribute_metrics
     self._generate = jax.jit(generate_fn)
     self.last_captions: list[str] | None = None
 
-  def generate(self, params: Any, images: np.ndarray, mesh: Mesh) -> list[str]:
-    """Decoded captions (n str) of host images `[n, ...]`."""
-    tokens = predict_in_chunks(self._generate, params, (images,), mesh, self.batch_size)
+  def generate(self, params: Any, images: np.ndarray, mesh: Mesh, *extra_inputs) -> list[str]:
+    """Decoded captions (n str) of host images `[n, ...]` (and the `[n, ...]` extra inputs)."""
+    tokens = predict_in_chunks(self._generate, params, (images, *extra_inputs), mesh,
+                               self.batch_size)
     return self.tokenizer.decode_batch(tokens)
 
   def evaluate(self, params: Any, mesh: Mesh) -> dict[str, float]:
-    captions = self.generate(params, self.images, mesh)
+    captions = self.generate(params, self.images, mesh, *self.extra_inputs)
     self.last_captions = captions
     results = {"bleu4": metrics.corpus_bleu(captions, self.references) / 100.0,
                "cider_d": metrics.cider_d(captions, self.references)}
