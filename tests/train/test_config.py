@@ -59,7 +59,8 @@ CONFIGS = sorted((ROOT / "configs").glob("*_shapeworld.py"))
 ALL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "common.py")
 VARIANTS = [str(path) for path in CONFIGS] + [
     f"{ROOT / 'configs' / 'vqa_shapeworld.py'}:generative",
-    f"{ROOT / 'configs' / 'grounding_shapeworld.py'}:tokens"]
+    f"{ROOT / 'configs' / 'grounding_shapeworld.py'}:tokens",
+    f"{ROOT / 'configs' / 'lm_shapeworld.py'}:packed"]
 # ldm's default autoencoder.workdir is a run to be trained first; "" is pixel space.
 NEEDS_RUNS = {"ldm_shapeworld.py": ["autoencoder.workdir="]}
 
@@ -108,6 +109,22 @@ def test_unified_configs_are_their_tasks_but_for_the_model(task, parent):
       tuple(captioner.stem_channels))
   assert (unified.model.width, unified.model.num_layers) == (captioner.text_width,
                                                              captioner.text_layers)
+
+
+def test_flamingo_takes_its_lm_and_vision_tower_from_the_runs_it_warm_starts_from():
+  from mmjax.models.flamingo import TRAINABLE
+  flamingo = load_config(ROOT / "configs" / "flamingo_shapeworld.py")
+  lm = load_config(f"{ROOT / 'configs' / 'lm_shapeworld.py'}:packed")
+  clip = load_config(CONFIG)
+  assert lm.data.pack and flamingo.model.max_length == lm.data.context_length
+  for key in ("width", "num_layers", "num_heads", "mlp_ratio"):
+    assert flamingo.model[key] == lm.model[key], key
+  assert flamingo.model.vision_encoder == clip.model.image_encoder
+  assert flamingo.data.image_size == clip.data.image_size
+  assert tuple(flamingo.optim.trainable) == TRAINABLE
+  lm_paths = {pair.split(":")[1].split("/")[0] for pair in flamingo.init_from.lm.params}
+  assert lm_paths == {"token_embed", "pos_embed", "lm_head", "transformer"}
+  assert flamingo.init_from.vision.params == ("image_encoder:vision_encoder",)
 
 
 def test_blip_is_clip_but_for_its_model_loss_weights_and_evals():

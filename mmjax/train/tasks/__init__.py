@@ -11,6 +11,7 @@ _TASKS = {
     "contrastive": "mmjax.train.tasks.contrastive:ContrastiveTask",
     "diffusion": "mmjax.train.tasks.diffusion:DiffusionTask",
     "grounding": "mmjax.train.tasks.grounding:GroundingTask",
+    "interleaved": "mmjax.train.tasks.interleaved:InterleavedTask",
     "language_model": "mmjax.train.tasks.language_model:LanguageModelTask",
     "multitask": "mmjax.train.tasks.multitask:MultiTask",
     "superres": "mmjax.train.tasks.superres:SuperResolutionTask",

@@ -1,0 +1,324 @@
+"""Flamingo on interleaved ShapeWorld image-text rows, evaluated few-shot in context.
+
+Vocabulary: ShapeWorld's words (V ids), then the two trainable tokens `<image>` (id V) and
+`<eoc>` (end of chunk, id V + 1). A chunk is "<image> text <eoc>"; a training row is BOS and
+`data.images_per_row` chunks, each of another train image (the row's indexed image first, then
+images drawn by `pipeline.example_rng(seed, epoch, index, "interleaved")`), with all its chunks
+of one kind, drawn by the weights `data.row_kinds`:
+
+  vqa      "<image> how many circles are there ? two <eoc>"  (a question of the image, its answer)
+  caption  "<image> a red circle is left of a blue square . <eoc>"   (a caption of the image)
+
+The loss is next-token cross-entropy over every token after BOS except the `<image>` tokens
+(the position of the next image is the data's, not the model's, to predict) and padding.
+
+Evaluation (`eval.shots`, e.g. (0, 2, 4, 8)): each test image is asked with k support chunks
+before it, of train images (from the first `eval.support_images`) drawn per test image by
+`eval.seed`; the k-shot support is the first k of the largest k's, so a bigger k adds shots to
+a smaller k's prompt. VQA: the prompt is BOS, k "<image> question answer <eoc>" chunks, then
+"<image> question"; the answer is decoded greedily, constrained to the answer list and closed
+by `<eoc>`, for all 5 questions of the first `eval.vqa_images` test images (one support set
+per image). Captioning: the prompt is BOS, k "<image> caption <eoc>" chunks, then "<image>";
+the caption is decoded greedily (words and `<eoc>` only) for the first `eval.caption_images`.
+Metrics: "vqa_{k}shot_accuracy" (and per question type), "caption_{k}shot_bleu4",
+"caption_{k}shot_cider_d" and the caption attribute accuracies.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from mmjax import decoding
+from mmjax.data import pipeline
+from mmjax.data.shapeworld_inputs import check_tokens, example_train_batches, shapeworld_source
+from mmjax.data.shapeworld_text import shapeworld_tokenizer
+from mmjax.losses import caption_loss
+from mmjax.models import build_model
+from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer
+from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator
+from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
+from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
+
+ROW_KINDS = ("vqa", "caption")
+NUM_NEW_TOKENS = 2  # <image>, <eoc>
+
+
+class ChunkCodec:
+  """Token ids of interleaved rows: ShapeWorld's tokenizer plus `<image>` and `<eoc>`."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+    self.image_id = tokenizer.vocab_size
+    self.eoc_id = tokenizer.vocab_size + 1
+
+  def chunk(self, text: str, close: bool = True) -> list[int]:
+    """"<image> text <eoc>" (without `<eoc>` when not `close`)."""
+    return [self.image_id, *self.tokenizer.encode(text)] + [self.eoc_id] * close
+
+  def row(self, chunks: list[list[int]], length: int, what: str) -> np.ndarray:
+    """int32 `[length]`: BOS then the chunks, pad-filled; ValueError if they do not fit."""
+    ids = [self.tokenizer.bos_id] + [t for chunk in chunks for t in chunk]
+    if len(ids) > length:
+      raise ValueError(f"{what} takes {len(ids)} tokens, more than {length}: raise "
+                       "data.context_length (at most the LM's model.max_length) or use fewer "
+                       "chunks")
+    out = np.full(length, self.tokenizer.pad_id, np.int32)
+    out[:len(ids)] = ids
+    return out
+
+
+def chunk_text(item: dict, kind: str, rng: np.random.Generator) -> tuple[str, int]:
+  """(text, question slot or -1) of one chunk of `kind` for ShapeWorld `item`."""
+  if kind == "vqa":
+    slot = int(rng.integers(QUESTIONS_PER_IMAGE))
+    return f"{item['questions'][slot]} {item['answers'][slot]}", slot
+  return item["captions"][int(rng.integers(len(item["captions"])))], -1
+
+
+class _LoadRow:
+  """(stream position, source index) -> image float32 `[M, H, W, 3]`, tokens int32 `[L]`."""
+
+  def __init__(self, source, codec: ChunkCodec, config: ml_collections.ConfigDict):
+    self.source, self.codec = source, codec
+    self.seed, self.length = config.seed, config.data.context_length
+    self.images_per_row = config.data.images_per_row
+    self.kind_weights = row_kind_weights(config.data.row_kinds)
+    self.image_shape = (source.image_size, source.image_size, 3)
+
+  def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
+    rng = pipeline.example_rng(self.seed, position // len(self.source), index, "interleaved")
+    kind = ROW_KINDS[int(rng.choice(len(ROW_KINDS), p=self.kind_weights))]
+    indices = [index] + [int(i) for i in rng.integers(len(self.source),
+                                                      size=self.images_per_row - 1)]
+    images, chunks = [], []
+    for i in indices:
+      item = self.source[i]
+      images.append(pipeline.check_image(item["image"], i, self.image_shape))
+      chunks.append(self.codec.chunk(chunk_text(item, kind, rng)[0]))
+    return {"image": np.stack(images).astype(np.float32) / np.float32(255),
+            "tokens": self.codec.row(chunks, self.length, f"a row of {len(chunks)} {kind} chunks")}
+
+
+def row_kind_weights(weights) -> np.ndarray:
+  """float64 `[len(ROW_KINDS)]` probabilities of a {kind: weight} config."""
+  weights = dict(weights)
+  unknown = sorted(set(weights) - set(ROW_KINDS))
+  vector = np.array([float(weights.get(kind, 0.0)) for kind in ROW_KINDS])
+  if unknown or np.any(vector < 0) or vector.sum() <= 0:
+    raise ValueError(f"data.row_kinds must weigh the kinds {ROW_KINDS} (non-negative, positive "
+                     f"sum), got {weights}")
+  return vector / vector.sum()
+
+
+class InterleavedTask(Task):
+  """Flamingo (`model.name="flamingo"`) on interleaved rows; few-shot VQA and captioning."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    data, ev = config.data, config.eval
+    if data.get("name", "shapeworld") != "shapeworld":
+      raise ValueError(f"the interleaved task reads ShapeWorld scenes, questions and captions; "
+                       f"data.name must be 'shapeworld', got {data.name!r}")
+    if config.model.get("name") != "flamingo":
+      raise ValueError(f"the interleaved task trains Flamingo: model.name must be 'flamingo', "
+                       f"got {config.model.get('name')!r}")
+    if data.images_per_row < 1:
+      raise ValueError(f"data.images_per_row must be >= 1, got {data.images_per_row}")
+    row_kind_weights(data.row_kinds)
+    self.shots = tuple(int(k) for k in ev.shots)
+    if not self.shots or min(self.shots) < 0 or len(set(self.shots)) != len(self.shots):
+      raise ValueError(f"eval.shots must be distinct counts >= 0, got {tuple(ev.shots)}")
+    if min(ev.vqa_images, ev.caption_images, ev.support_images) < 1:
+      raise ValueError("eval.vqa_images, eval.caption_images and eval.support_images must be "
+                       f">= 1, got {ev.vqa_images}, {ev.caption_images}, {ev.support_images}")
+    self.tokenizer = shapeworld_tokenizer()
+    self.codec = ChunkCodec(self.tokenizer)
+    self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size,
+                              image_token_id=self.codec.image_id,
+                              num_new_tokens=NUM_NEW_TOKENS)
+    if data.context_length > self._model.max_length:
+      raise ValueError(f"data.context_length={data.context_length} exceeds the LM's "
+                       f"model.max_length={self._model.max_length}")
+    self.answerer = GenerativeAnswerer(self._model, SHAPEWORLD_ANSWERS, self.tokenizer,
+                                       end_id=self.codec.eoc_id)
+    self.max_caption_tokens = ev.max_caption_tokens
+    self._eval_cache = None
+    self._evaluators = None
+
+  @property
+  def model(self):
+    return self._model
+
+  # -- data -----------------------------------------------------------------------------------
+
+  def train_batches(self, process_index: int, process_count: int):
+    return example_train_batches(self.config, lambda s: _LoadRow(s, self.codec, self.config),
+                                 process_index, process_count)
+
+  def check_batch(self, batch, step: int) -> None:
+    data = self.config.data
+    image = batch.get("image")
+    expected = (data.images_per_row, data.image_size, data.image_size, 3)
+    if image is None or image.ndim != 5 or image.shape[1:] != expected:
+      raise ValueError(f"batch at step {step}: image must be float [B, {', '.join(map(str, expected))}]"
+                       f", got {None if image is None else image.shape}")
+    check_tokens(batch, step, "tokens", data.context_length, len(image))
+
+  # -- model ----------------------------------------------------------------------------------
+
+  def init_params(self, rng: jax.Array) -> Any:
+    data = self.config.data
+    images = np.zeros((1, 1, data.image_size, data.image_size, 3), np.float32)
+    tokens = np.zeros((1, data.context_length), np.int32)
+    return self._model.init(rng, images, tokens)["params"]
+
+  def loss_fn(self, params, batch, rng):
+    del rng  # No dropout.
+    tokens = batch["tokens"]
+    logits = self._model.apply({"params": params}, batch["image"], tokens)
+    loss = caption_loss(logits, tokens, self.tokenizer.pad_id,
+                        prompt_mask=tokens == self.codec.image_id)
+    # Next-token accuracy on the chunk ends: is <eoc> predicted where it comes?
+    is_end = (tokens[:, 1:] == self.codec.eoc_id).astype(jnp.float32)
+    hits = (jnp.argmax(logits[:, :-1], -1) == tokens[:, 1:]).astype(jnp.float32)
+    return loss, {"eoc_accuracy": (hits * is_end).sum() / jnp.maximum(is_end.sum(), 1.0)}
+
+  # -- evaluation -----------------------------------------------------------------------------
+
+  def _support(self, kind: str, query_index: int, train) -> tuple[list, list]:
+    """The largest k's support for test image `query_index`: (images uint8, chunks)."""
+    ev = self.config.eval
+    rng = np.random.default_rng([ev.seed, query_index, ROW_KINDS.index(kind)])
+    images, chunks = [], []
+    for i in rng.choice(min(ev.support_images, len(train)), size=max(self.shots), replace=True):
+      item = train[int(i)]
+      images.append(pipeline.check_image(item["image"], int(i), None))
+      chunks.append(self.codec.chunk(chunk_text(item, kind, rng)[0]))
+    return images, chunks
+
+  def _eval_data(self) -> dict[str, Any]:
+    """Host arrays per k: vqa image float32 `[N, k + 1, H, W, 3]` (support, then the query),
+    prompt int32 `[N, 5, P_k]`, prompt_length `[N, 5]`; caption image `[Nc, k + 1, ...]`,
+    prompt `[Nc, P_k]`, prompt_length `[Nc]`; answers, question types, references, labels."""
+    if self._eval_cache is not None:
+      return self._eval_cache
+    ev, data = self.config.eval, self.config.data
+    train = shapeworld_source(data, "train", ev.support_images)
+    test = shapeworld_source(data, "test", max(ev.vqa_images, ev.caption_images))
+    length = self._model.max_length
+    out = {"vqa": {k: {"image": [], "prompt": [], "prompt_length": []} for k in self.shots},
+           "caption": {k: {"image": [], "prompt": [], "prompt_length": []} for k in self.shots},
+           "answer": [], "question_type": [], "references": []}
+    answer_index = {a: i for i, a in enumerate(SHAPEWORLD_ANSWERS)}
+    for index in range(ev.vqa_images):
+      item = test[index]
+      query_image = pipeline.check_image(item["image"], index, None)
+      support_images, support = self._support("vqa", index, train)
+      for k in self.shots:
+        prompts = [self.codec.row(support[:k] + [self.codec.chunk(q, close=False)],
+                                  length - self.answerer.max_new_tokens,
+                                  f"a {k}-shot VQA prompt with its answer")
+                   for q in item["questions"]]
+        rows = out["vqa"][k]
+        rows["image"].append(np.stack(support_images[:k] + [query_image]))
+        rows["prompt"].append(np.stack(prompts))
+        rows["prompt_length"].append((np.stack(prompts) != self.tokenizer.pad_id).sum(1))
+      out["answer"].append([answer_index[a] for a in item["answers"]])
+      out["question_type"].append([question_type(s, q) for s, q in enumerate(item["questions"])])
+    for index in range(ev.caption_images):
+      item = test[index]
+      query_image = pipeline.check_image(item["image"], index, None)
+      support_images, support = self._support("caption", index, train)
+      for k in self.shots:
+        prompt = self.codec.row(support[:k] + [[self.codec.image_id]],
+                                length - self.max_caption_tokens,
+                                f"a {k}-shot caption prompt with its caption")
+        rows = out["caption"][k]
+        rows["image"].append(np.stack(support_images[:k] + [query_image]))
+        rows["prompt"].append(prompt)
+        rows["prompt_length"].append((prompt != self.tokenizer.pad_id).sum())
+      out["references"].append(list(item["captions"]))
+    for kind in ("vqa", "caption"):
+      for k in self.shots:
+        rows = out[kind][k]
+        width = max(int(np.max(rows["prompt_length"])), 1)  # trim the common padding
+        rows["image"] = np.stack(rows["image"]).astype(np.float32) / np.float32(255)
+        rows["prompt"] = np.stack(rows["prompt"])[..., :width]
+        rows["prompt_length"] = np.stack(rows["prompt_length"]).astype(np.int32)
+    out["answer"] = np.asarray(out["answer"], np.int32)
+    out["question_type"] = np.asarray(out["question_type"], np.int32)
+    items = [test[i] for i in range(ev.caption_images)]
+    out["labels"] = {key: np.stack([item[key] for item in items]) for key in ATTRIBUTE_LABELS}
+    self._eval_cache = out
+    return out
+
+  def evaluators(self) -> dict[str, Any]:
+    """{"vqa_{k}shot": VQAEvaluator, "caption_{k}shot": CaptioningEvaluator} per k."""
+    if self._evaluators is None:
+      data, bs = self._eval_data(), self.config.eval.batch_size
+      self._evaluators = {}
+      for k in self.shots:
+        vqa = data["vqa"][k]
+        self._evaluators[f"vqa_{k}shot"] = VQAEvaluator(
+            self._decode_answers, vqa, data["answer"], bs, question_types=data["question_type"],
+            type_names=QUESTION_TYPES, decode_fn=self._answer_indices)
+        caption = data["caption"][k]
+        self._evaluators[f"caption_{k}shot"] = CaptioningEvaluator(
+            self._generate_captions, self.tokenizer, caption["image"], data["references"], bs,
+            attribute_labels=data["labels"], attribute_metrics=shapeworld_attribute_metrics,
+            extra_inputs=(caption["prompt"], caption["prompt_length"]))
+    return self._evaluators
+
+  def _decode_answers(self, params, batch) -> jax.Array:
+    """Answer tokens int32 `[B, Q, T + 1]` (answer, `<eoc>`, pad) of prompts `[B, Q, P]` about
+    the images `[B, k + 1, H, W, 3]` (resampled once per row of images)."""
+    prompt = batch["prompt"]
+    # Padding rows have prompt length 0: decode them from a lone pad token.
+    lengths = jnp.maximum(batch["prompt_length"].reshape(-1), 1)
+    tokens = self.answerer.decode(params, batch["image"], prompt.reshape(-1, prompt.shape[-1]),
+                                  lengths, prompt.shape[1]).tokens
+    return tokens.reshape(prompt.shape[:2] + tokens.shape[-1:])
+
+  def _answer_indices(self, tokens: np.ndarray) -> np.ndarray:
+    return self.answerer.answer_indices(tokens.reshape(-1, tokens.shape[-1])).reshape(
+        tokens.shape[:2])
+
+  def _generate_captions(self, params, images, prompt, prompt_length) -> jax.Array:
+    """Caption tokens int32 `[B, T]`, EOS then padding, of images `[B, k + 1, H, W, 3]` after
+    their prompts `[B, P]`: greedy, `<image>` never chosen, `<eoc>` ends (written as EOS)."""
+    cache = self._model.init_cache(params, images, prompt.shape[1] + self.max_caption_tokens)
+    step_fn = _without_token(functools.partial(self._model.decode_step, params),
+                             self.codec.image_id)
+    tokens = decoding.greedy(step_fn, cache, prompt, jnp.maximum(prompt_length, 1),
+                             max_new_tokens=self.max_caption_tokens, eos_id=self.codec.eoc_id,
+                             pad_id=self.tokenizer.pad_id).tokens
+    return jnp.where(tokens == self.codec.eoc_id, self.tokenizer.eos_id, tokens)
+
+  def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    results = {}
+    for name, evaluator in self.evaluators().items():
+      results.update({f"{name}_{key}": value
+                      for key, value in evaluator.evaluate(params, mesh).items()})
+    return results
+
+  def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
+    from mmjax.train import plots
+    if jax.process_index() != 0:
+      return []
+    return [plots.loss_curve(workdir)]
+
+
+def _without_token(step_fn: decoding.StepFn, token_id: int) -> decoding.StepFn:
+  """A step function whose logits of `token_id` are -inf."""
+  def step(tokens, cache, positions):
+    logits, cache = step_fn(tokens, cache, positions)
+    return logits.at[..., token_id].set(-jnp.inf), cache
+  return step

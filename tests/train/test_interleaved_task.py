@@ -1,0 +1,234 @@
+"""The interleaved (Flamingo) task: its rows against the ShapeWorld items they come from, the
+loss against a numpy cross-entropy, the few-shot prompts against hand-built ones, few-shot VQA
+and captioning against decoding by full recomputation, an 8-device sharded loss, a run through
+the one trainer (only the Flamingo parts change), and bad input."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.data.shapeworld_inputs import shapeworld_source
+from mmjax.models.flamingo import trainable_mask
+from mmjax.models.vqa import SHAPEWORLD_ANSWERS
+from mmjax.train import sharding
+from mmjax.train.config import apply_overrides, load_config
+from mmjax.train.logging import read_jsonl
+from mmjax.train.tasks.interleaved import InterleavedTask, _LoadRow
+from mmjax.train.trainer import train
+
+from conftest import ROOT
+
+CONFIG = ROOT / "configs" / "flamingo_shapeworld.py"
+TINY = [
+    "batch_size=8", "total_steps=2", "log_every=1", "eval_every=1000", "checkpoint_every=1000",
+    "data.image_size=16", "data.images_per_row=3", "data.context_length=70",
+    "optim.warmup_steps=0", "optim.learning_rate=0.01",
+    "model.vision_encoder.stem_channels=(4,)", "model.vision_encoder.patch_size=4",
+    "model.vision_encoder.width=16", "model.vision_encoder.num_layers=1",
+    "model.vision_encoder.num_heads=2", "model.resampler.num_latents=2",
+    "model.resampler.num_layers=1", "model.resampler.num_heads=2", "model.width=16",
+    "model.num_heads=2", "eval.shots=(0,2,3)", "eval.vqa_images=3", "eval.caption_images=3",
+    "eval.support_images=10", "eval.batch_size=2",
+]
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def tiny_config(*extra):
+  return apply_overrides(load_config(str(CONFIG)), TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def task():
+  return InterleavedTask(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def params(task):
+  """Random weights with every gate opened (at init the gates are 0: the images would not
+  reach the text, and the evaluations below would not depend on them)."""
+  p = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
+  leaves = jax.tree_util.tree_leaves_with_path(p)
+  rng = np.random.default_rng(0)
+  new = [jnp.asarray(rng.normal(size=x.shape), x.dtype) * 0.5
+         if any(getattr(k, "key", None) in ("alpha_attn", "alpha_ffw") for k in path) else x
+         for path, x in leaves]
+  return jax.tree.unflatten(jax.tree.structure(p), new)
+
+
+def _texts(task, item):
+  """{kind: the encoded chunk texts an item can give}."""
+  enc = lambda s: tuple(task.tokenizer.encode(s))
+  return {"vqa": {enc(f"{q} {a}") for q, a in zip(item["questions"], item["answers"])},
+          "caption": {enc(c) for c in item["captions"]}}
+
+
+def test_rows_are_bos_then_one_chunk_per_image_of_that_images_own_text(task):
+  source = shapeworld_source(task.config.data, "train", 40)
+  load = _LoadRow(source, task.codec, task.config)
+  images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+  image_id, eoc = task.codec.image_id, task.codec.eoc_id
+  kinds = set()
+  for position in range(30):
+    index = position % len(source)
+    row = load(position, index)
+    assert row["image"].shape == (3, 16, 16, 3) and row["tokens"].shape == (70,)
+    tokens = list(row["tokens"][row["tokens"] != task.tokenizer.pad_id])
+    assert tokens[0] == task.tokenizer.bos_id and tokens.count(image_id) == 3
+    starts = [i for i, t in enumerate(tokens) if t == image_id]
+    chunks = [tokens[a:b] for a, b in zip(starts, starts[1:] + [len(tokens)])]
+    row_kinds = set()
+    for j, chunk in enumerate(chunks):
+      assert chunk[-1] == eoc and eoc not in chunk[:-1]
+      # Which train item is image j: found by its pixels.
+      owner = np.flatnonzero((images == np.round(row["image"][j] * 255)).all((1, 2, 3)))
+      assert len(owner) >= 1 and (j > 0 or index in owner)
+      texts = _texts(task, source[int(owner[0])])
+      row_kinds |= {kind for kind, options in texts.items() if tuple(chunk[1:-1]) in options}
+    assert len(row_kinds) == 1, row_kinds  # one kind per row
+    kinds |= row_kinds
+  assert kinds == {"vqa", "caption"}
+
+
+def test_loss_is_a_numpy_cross_entropy_without_image_and_pad_targets(task, params):
+  source = shapeworld_source(task.config.data, "train", 8)
+  load = _LoadRow(source, task.codec, task.config)
+  rows = [load(i, i) for i in range(4)]
+  batch = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+  loss, _ = jax.jit(task.loss_fn)(params, batch, None)
+  logits = np.asarray(task.model.apply({"params": params}, batch["image"], batch["tokens"]),
+                      np.float64)
+  nll, count = 0.0, 0
+  for b in range(4):
+    for t in range(69):
+      target = batch["tokens"][b, t + 1]
+      if target in (task.tokenizer.pad_id, task.codec.image_id):
+        continue
+      z = logits[b, t] - logits[b, t].max()
+      nll -= z[target] - np.log(np.exp(z).sum())
+      count += 1
+  assert float(loss) == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_few_shot_prompts_are_the_support_chunks_then_the_query(task):
+  data = task._eval_data()
+  train_items = shapeworld_source(task.config.data, "train", 10)
+  test_items = shapeworld_source(task.config.data, "test", 3)
+  image_id, eoc, bos = task.codec.image_id, task.codec.eoc_id, task.tokenizer.bos_id
+  for n in range(3):
+    item = test_items[n]
+    largest = data["vqa"][3]
+    for k in (0, 2, 3):
+      vqa = data["vqa"][k]
+      # The query image last, after the largest k's first k support images.
+      np.testing.assert_array_equal(np.round(vqa["image"][n, -1] * 255), item["image"])
+      np.testing.assert_array_equal(vqa["image"][n, :k], largest["image"][n, :k])
+      for q, question in enumerate(item["questions"]):
+        row = list(vqa["prompt"][n, q, :vqa["prompt_length"][n, q]])
+        assert (vqa["prompt"][n, q, len(row):] == task.tokenizer.pad_id).all()
+        query = [image_id, *task.tokenizer.encode(question)]
+        assert row[0] == bos and row[-len(query):] == query
+        support = row[1:len(row) - len(query)]
+        assert support.count(image_id) == k and support.count(eoc) == k
+        chunks = np.split(np.array(support), np.flatnonzero(np.array(support) == eoc)[:-1] + 1)
+        for j, chunk in enumerate(chunks if k else []):
+          owner = [i for i in range(10)
+                   if np.array_equal(train_items[i]["image"], np.round(vqa["image"][n, j] * 255))]
+          assert owner and tuple(chunk[1:-1]) in _texts(task, train_items[owner[0]])["vqa"]
+    caption = data["caption"][2]
+    row = list(caption["prompt"][n, :caption["prompt_length"][n]])
+    assert row[0] == bos and row[-1] == image_id and row.count(image_id) == 3
+    assert row.count(eoc) == 2
+
+
+def test_few_shot_vqa_equals_the_argmax_of_a_full_forward_over_the_answers(task, params):
+  """ShapeWorld answers are one word each, so the constrained greedy answer is the argmax over
+  the answers' tokens of the logits after the prompt; here from an uncached forward pass."""
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  results = task.evaluate(params, mesh)
+  data = task._eval_data()
+  answer_ids = np.array([task.tokenizer.encode(a)[0] for a in SHAPEWORLD_ANSWERS])
+  assert all(len(task.tokenizer.encode(a)) == 1 for a in SHAPEWORLD_ANSWERS)
+  accuracies = []
+  for k in (0, 2, 3):
+    vqa = data["vqa"][k]
+    correct = []
+    for n in range(3):
+      images = np.repeat(vqa["image"][n:n + 1], 5, axis=0)
+      logits = np.asarray(task.model.apply({"params": params}, images, vqa["prompt"][n]))
+      last = logits[np.arange(5), vqa["prompt_length"][n] - 1]
+      correct += list(answer_ids[last[:, answer_ids].argmax(1)] == answer_ids[data["answer"][n]])
+    assert results[f"vqa_{k}shot_accuracy"] == pytest.approx(np.mean(correct))
+    accuracies.append(np.mean(correct))
+  assert len(set(accuracies)) > 1 or accuracies[0] not in (0.0, 1.0)  # the images matter
+  assert {f"caption_{k}shot_bleu4" for k in (0, 2, 3)} <= set(results)
+
+
+def test_few_shot_captions_equal_greedy_decoding_by_full_recomputation(task, params):
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  data = task._eval_data()["caption"][2]
+  evaluator = task.evaluators()["caption_2shot"]
+  captions = evaluator.generate(params, data["image"], mesh, data["prompt"],
+                                data["prompt_length"])
+  forward = jax.jit(lambda images, tokens: task.model.apply({"params": params}, images, tokens))
+  for n in range(3):
+    row = list(data["prompt"][n, :data["prompt_length"][n]])
+    words = []
+    for _ in range(task.max_caption_tokens):
+      logits = np.array(forward(data["image"][n:n + 1], np.array([row], np.int32)))[0, -1]
+      logits[task.codec.image_id] = -np.inf
+      token = int(logits.argmax())
+      if token == task.codec.eoc_id:
+        break
+      words.append(token)
+      row.append(token)
+    assert captions[n] == task.tokenizer.decode(words)
+
+
+def test_sharded_loss_equals_single_device(task, params):
+  source = shapeworld_source(task.config.data, "train", 8)
+  load = _LoadRow(source, task.codec, task.config)
+  rows = [load(i, i) for i in range(8)]
+  batch = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+  single = float(jax.jit(task.loss_fn)(params, batch, None)[0])
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  shardings = sharding.logical_shardings(jax.eval_shape(task.init_params, jax.random.key(0)),
+                                         mesh)
+  placed = jax.device_put(params, shardings)
+  sharded = float(jax.jit(task.loss_fn)(placed, sharding.host_batch_to_global(batch, mesh),
+                                        None)[0])
+  assert sharded == pytest.approx(single, rel=1e-5)
+
+
+def test_a_run_changes_only_the_resampler_gates_and_new_tokens(tmp_path):
+  config = tiny_config("eval_every=2")
+  result = train(config, tmp_path, devices=jax.devices()[:1], progress=False)
+  # The trainer's init, compiled as the trainer compiles it (no fast_jit: at another XLA
+  # optimisation level the initialisers' floats may differ in the last bit).
+  initial = nn.unbox(jax.jit(InterleavedTask(config).init_params)(jax.random.key(config.seed)))
+  mask = trainable_mask(initial)
+  moved = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b)),
+                       initial, nn.unbox(result.state.params))
+  for (path, trains), (_, changed) in zip(jax.tree_util.tree_leaves_with_path(mask),
+                                          jax.tree_util.tree_leaves_with_path(moved)):
+    if not trains:
+      assert not changed, jax.tree_util.keystr(path)
+  assert any(jax.tree.leaves(moved))
+  metrics = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+  assert {"vqa_0shot_accuracy", "vqa_3shot_accuracy_count", "caption_2shot_cider_d",
+          "caption_0shot_colour_accuracy"} <= set(metrics), sorted(metrics)
+
+
+def test_bad_input_fails_clearly():
+  with pytest.raises(ValueError, match="8-shot VQA prompt.*context_length"):
+    InterleavedTask(tiny_config("eval.shots=(0,8)", "model.max_length=80"))._eval_data()
+  with pytest.raises(ValueError, match="data.row_kinds"):
+    InterleavedTask(tiny_config("data.row_kinds.vqa=-1.0"))
+  with pytest.raises(ValueError, match="exceeds the LM's model.max_length"):
+    InterleavedTask(tiny_config("model.max_length=64"))
+  with pytest.raises(ValueError, match="eval.shots"):
+    InterleavedTask(tiny_config("eval.shots=(2,2)"))
+  with pytest.raises(ValueError, match="model.name must be 'flamingo'"):
+    InterleavedTask(tiny_config("model.name=captioner"))
