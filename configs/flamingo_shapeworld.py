@@ -58,8 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
       vision=common.warm_start(("image_encoder:vision_encoder",))))
 
   # shots: in-context examples before each test query; support_images: the train images they
-  # are drawn from; max_caption_tokens: 20 words + <eoc>.
+  # come from; support_selection: "random" | "rices" (the nearest by the vision tower, see
+  # mmjax/train/tasks/interleaved.py); max_caption_tokens: 20 words + <eoc>.
   c.eval = ml_collections.ConfigDict(dict(
       shots=(0, 2, 4, 8), vqa_images=200, caption_images=500, support_images=1000, seed=0,
-      max_caption_tokens=21, batch_size=50))
+      support_selection="random", max_caption_tokens=21, batch_size=50))
   return c

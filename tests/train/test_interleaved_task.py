@@ -143,6 +143,43 @@ def test_few_shot_prompts_are_the_support_chunks_then_the_query(task):
     assert row.count(eoc) == 2
 
 
+def test_rices_support_is_the_nearest_train_images_by_the_vision_tower_nearest_last(params):
+  from mmjax.models import build_model
+  task = InterleavedTask(tiny_config("eval.support_selection=rices"))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  with pytest.raises(RuntimeError, match="RICES support needs"):
+    task._eval_data()
+  task.select_support(params, mesh)
+  data = task._eval_data()
+  train_items = shapeworld_source(task.config.data, "train", 10)
+  test_items = shapeworld_source(task.config.data, "test", 3)
+  # By hand: the vision tower alone on the same weights, its pooled output, cosine similarity.
+  tower = build_model(task.config.model.vision_encoder)
+  pooled = lambda items: np.stack([np.asarray(tower.apply(
+      {"params": params["vision_encoder"]}, np.asarray(it["image"], np.float32)[None] / 255)[1])[0]
+      for it in items])
+  pool, queries = pooled([train_items[i] for i in range(10)]), pooled(
+      [test_items[i] for i in range(3)])
+  pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+  queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+  eoc = task.codec.eoc_id
+  for n in range(3):
+    nearest = np.argsort(-(queries[n] @ pool.T))[:3]
+    for k in (2, 3):
+      vqa = data["vqa"][k]
+      expected = nearest[:k][::-1]  # the nearest last
+      for j, i in enumerate(expected):
+        np.testing.assert_array_equal(np.round(vqa["image"][n, j] * 255), train_items[int(i)]["image"])
+      for q in range(5):
+        row = vqa["prompt"][n, q, :vqa["prompt_length"][n, q]]
+        ends = np.flatnonzero(row == eoc)
+        chunks = np.split(row[1:ends[-1] + 1], ends[:-1])
+        for chunk, i in zip(chunks, expected):
+          item = train_items[int(i)]  # asked its question of the same slot
+          text = f"{item['questions'][q]} {item['answers'][q]}"
+          assert list(chunk[1:-1]) == task.tokenizer.encode(text)
+
+
 def test_few_shot_vqa_equals_the_argmax_of_a_full_forward_over_the_answers(task, params):
   """ShapeWorld answers are one word each, so the constrained greedy answer is the argmax over
   the answers' tokens of the logits after the prompt; here from an uncached forward pass."""

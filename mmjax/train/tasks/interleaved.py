@@ -13,9 +13,17 @@ The loss is next-token cross-entropy over every token after BOS except the `<ima
 (the position of the next image is the data's, not the model's, to predict) and padding.
 
 Evaluation (`eval.shots`, e.g. (0, 2, 4, 8)): each test image is asked with k support chunks
-before it, of train images (from the first `eval.support_images`) drawn per test image by
-`eval.seed`; the k-shot support is the first k of the largest k's, so a bigger k adds shots to
-a smaller k's prompt. VQA: the prompt is BOS, k "<image> question answer <eoc>" chunks, then
+before it, of train images from the first `eval.support_images`, chosen by
+`eval.support_selection`:
+
+  random  drawn per test image by `eval.seed`; each VQA chunk a random question of its image;
+  rices   Flamingo's retrieval-based in-context example selection: the train images nearest to
+          the test image by the cosine similarity of the (frozen) vision tower's pooled
+          features, the nearest last; each VQA chunk asks its image the test question's type
+          (the same question slot).
+
+The k-shot support is the first k of the largest k's, so a bigger k adds shots to a smaller
+k's prompt. VQA: the prompt is BOS, k "<image> question answer <eoc>" chunks, then
 "<image> question"; the answer is decoded greedily, constrained to the answer list and closed
 by `<eoc>`, for all 5 questions of the first `eval.vqa_images` test images (one support set
 per image). Captioning: the prompt is BOS, k "<image> caption <eoc>" chunks, then "<image>";
@@ -42,6 +50,7 @@ from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer
+from mmjax.train import sharding
 from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
@@ -49,6 +58,7 @@ from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_
 
 ROW_KINDS = ("vqa", "caption")
 NUM_NEW_TOKENS = 2  # <image>, <eoc>
+SUPPORT_SELECTIONS = ("random", "rices")
 
 
 class ChunkCodec:
@@ -150,6 +160,11 @@ class InterleavedTask(Task):
     self.answerer = GenerativeAnswerer(self._model, SHAPEWORLD_ANSWERS, self.tokenizer,
                                        end_id=self.codec.eoc_id)
     self.max_caption_tokens = ev.max_caption_tokens
+    self.support_selection = ev.get("support_selection", "random")
+    if self.support_selection not in SUPPORT_SELECTIONS:
+      raise ValueError(f"eval.support_selection must be one of {SUPPORT_SELECTIONS}, got "
+                       f"{self.support_selection!r}")
+    self._neighbours = None
     self._eval_cache = None
     self._evaluators = None
 
@@ -193,16 +208,33 @@ class InterleavedTask(Task):
 
   # -- evaluation -----------------------------------------------------------------------------
 
-  def _support(self, kind: str, query_index: int, train) -> tuple[list, list]:
-    """The largest k's support for test image `query_index`: (images uint8, chunks)."""
+  def _support(self, kind: str, query_index: int, train, slot: int | None = None
+               ) -> tuple[list, list]:
+    """The largest k's support of test image `query_index`: (images uint8, chunks), of which
+    a k-shot prompt takes the first k (`_shots`). Random train images, or with RICES the
+    nearest by the vision tower's features, nearest first. VQA chunks ask the question in
+    `slot` of each support image (None: a random one)."""
     ev = self.config.eval
     rng = np.random.default_rng([ev.seed, query_index, ROW_KINDS.index(kind)])
+    if self.support_selection == "rices":
+      indices = self._neighbours[query_index]
+    else:
+      indices = rng.choice(min(ev.support_images, len(train)), size=max(self.shots), replace=True)
     images, chunks = [], []
-    for i in rng.choice(min(ev.support_images, len(train)), size=max(self.shots), replace=True):
+    for i in indices:
       item = train[int(i)]
       images.append(pipeline.check_image(item["image"], int(i), None))
-      chunks.append(self.codec.chunk(chunk_text(item, kind, rng)[0]))
+      if slot is None:
+        text = chunk_text(item, kind, rng)[0]
+      else:
+        text = f"{item['questions'][slot]} {item['answers'][slot]}"
+      chunks.append(self.codec.chunk(text))
     return images, chunks
+
+  def _shots(self, support: list, k: int) -> list:
+    """The k-shot prompt's part of a support list: its first k, in prompt order (RICES puts
+    the nearest image last, next to the query, as Flamingo's RICES does)."""
+    return support[:k][::-1] if self.support_selection == "rices" else support[:k]
 
   def _eval_data(self) -> dict[str, Any]:
     """Host arrays per k: vqa image float32 `[N, k + 1, H, W, 3]` (support, then the query),
@@ -210,25 +242,31 @@ class InterleavedTask(Task):
     prompt `[Nc, P_k]`, prompt_length `[Nc]`; answers, question types, references, labels."""
     if self._eval_cache is not None:
       return self._eval_cache
-    ev, data = self.config.eval, self.config.data
-    train = shapeworld_source(data, "train", ev.support_images)
-    test = shapeworld_source(data, "test", max(ev.vqa_images, ev.caption_images))
+    if self.support_selection == "rices" and self._neighbours is None:
+      raise RuntimeError("RICES support needs the vision tower's features: call "
+                         "evaluate(params, mesh) (or select_support(params, mesh)) first")
+    ev = self.config.eval
+    train, test = self._eval_sources()
     length = self._model.max_length
     out = {"vqa": {k: {"image": [], "prompt": [], "prompt_length": []} for k in self.shots},
            "caption": {k: {"image": [], "prompt": [], "prompt_length": []} for k in self.shots},
            "answer": [], "question_type": [], "references": []}
     answer_index = {a: i for i, a in enumerate(SHAPEWORLD_ANSWERS)}
+    # RICES asks each support image the query's question type (its slot); random, any.
+    per_slot = self.support_selection == "rices"
     for index in range(ev.vqa_images):
       item = test[index]
       query_image = pipeline.check_image(item["image"], index, None)
-      support_images, support = self._support("vqa", index, train)
+      supports = ([self._support("vqa", index, train, slot) for slot in range(QUESTIONS_PER_IMAGE)]
+                  if per_slot else [self._support("vqa", index, train)] * QUESTIONS_PER_IMAGE)
+      support_images = supports[0][0]
       for k in self.shots:
-        prompts = [self.codec.row(support[:k] + [self.codec.chunk(q, close=False)],
+        prompts = [self.codec.row(self._shots(chunks, k) + [self.codec.chunk(q, close=False)],
                                   length - self.answerer.max_new_tokens,
                                   f"a {k}-shot VQA prompt with its answer")
-                   for q in item["questions"]]
+                   for (_, chunks), q in zip(supports, item["questions"])]
         rows = out["vqa"][k]
-        rows["image"].append(np.stack(support_images[:k] + [query_image]))
+        rows["image"].append(np.stack(self._shots(support_images, k) + [query_image]))
         rows["prompt"].append(np.stack(prompts))
         rows["prompt_length"].append((np.stack(prompts) != self.tokenizer.pad_id).sum(1))
       out["answer"].append([answer_index[a] for a in item["answers"]])
@@ -238,11 +276,11 @@ class InterleavedTask(Task):
       query_image = pipeline.check_image(item["image"], index, None)
       support_images, support = self._support("caption", index, train)
       for k in self.shots:
-        prompt = self.codec.row(support[:k] + [[self.codec.image_id]],
+        prompt = self.codec.row(self._shots(support, k) + [[self.codec.image_id]],
                                 length - self.max_caption_tokens,
                                 f"a {k}-shot caption prompt with its caption")
         rows = out["caption"][k]
-        rows["image"].append(np.stack(support_images[:k] + [query_image]))
+        rows["image"].append(np.stack(self._shots(support_images, k) + [query_image]))
         rows["prompt"].append(prompt)
         rows["prompt_length"].append((prompt != self.tokenizer.pad_id).sum())
       out["references"].append(list(item["captions"]))
@@ -259,6 +297,34 @@ class InterleavedTask(Task):
     out["labels"] = {key: np.stack([item[key] for item in items]) for key in ATTRIBUTE_LABELS}
     self._eval_cache = out
     return out
+
+  def _eval_sources(self):
+    """(the train images support comes from, the test images asked)."""
+    ev, data = self.config.eval, self.config.data
+    return (shapeworld_source(data, "train", ev.support_images),
+            shapeworld_source(data, "test", max(ev.vqa_images, ev.caption_images)))
+
+  def image_features(self, params, images: np.ndarray, mesh: Mesh) -> np.ndarray:
+    """float32 `[N, Wv]`: the vision tower's pooled output of host images `[N, H, W, 3]` in
+    [0, 1], L2-normalised (RICES's similarity is their dot product)."""
+    fn = jax.jit(lambda p, x: self._model.apply({"params": p}, x,
+                                                method=lambda m, x: m.vision_encoder(x)[1]))
+    chunks = sharding.map_in_chunks(functools.partial(fn, params), (images,), mesh,
+                                    self.config.eval.batch_size)
+    features = np.concatenate([np.asarray(out)[:rows] for rows, out in chunks]).astype(np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+
+  def select_support(self, params, mesh: Mesh) -> None:
+    """RICES: each test image's `max(shots)` nearest train images (of the first
+    `eval.support_images`) by `image_features`, nearest first. Computed once, with the
+    params of the first evaluation: Flamingo's vision tower is frozen."""
+    train, test = self._eval_sources()
+    as_float = lambda source: np.stack([np.asarray(source[i]["image"]) for i in
+                                        range(len(source))]).astype(np.float32) / 255
+    pool = self.image_features(params, as_float(train), mesh)
+    queries = self.image_features(params, as_float(test), mesh)
+    similarity = queries @ pool.T
+    self._neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :max(self.shots)]
 
   def evaluators(self) -> dict[str, Any]:
     """{"vqa_{k}shot": VQAEvaluator, "caption_{k}shot": CaptioningEvaluator} per k."""
@@ -303,6 +369,8 @@ class InterleavedTask(Task):
     return jnp.where(tokens == self.codec.eoc_id, self.tokenizer.eos_id, tokens)
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
+    if self.support_selection == "rices" and self._neighbours is None:
+      self.select_support(params, mesh)
     results = {}
     for name, evaluator in self.evaluators().items():
       results.update({f"{name}_{key}": value
