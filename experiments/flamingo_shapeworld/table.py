@@ -1,0 +1,125 @@
+"""Prints the README's tables from the committed files of this folder: the two runs Flamingo
+starts from (CLIP, the packed LM) and Flamingo's few-shot VQA and captioning, with random
+support (the training run's evals, metrics_flamingo.jsonl) and with RICES support (`mmjax
+eval` of the last checkpoint, eval_flamingo_rices_step1500.json).
+
+  python experiments/flamingo_shapeworld/table.py
+
+Standard errors are binomial, sqrt(p (1 - p) / n), for accuracies over n test items; for a
+difference of two shot counts they are combined as if independent, which overstates them (the
+same questions are asked). BLEU-4 and CIDEr-D are corpus scores with no per-item file to
+bootstrap, so none.
+"""
+import json
+import math
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE.parent.parent / "configs"))
+
+VQA_TYPES = ("count", "colour", "shape", "exists", "relation", "size")
+
+
+def records(name):
+  return [json.loads(line) for line in open(HERE / name)]
+
+
+def evaluations():
+  """(support, record) of every eval: the training run's (random), then RICES's."""
+  rices = json.loads((HERE / "eval_flamingo_rices_step1500.json").read_text())
+  assert rices["eval"]["support_selection"] == "rices", rices["eval"]
+  return ([("random", r) for r in records("metrics_flamingo.jsonl")] +
+          [("RICES", {"step": rices["step"], **rices["metrics"]})])
+
+
+def se(p, n):
+  return math.sqrt(p * (1 - p) / n)
+
+
+def with_se(p, n):
+  return f"{p:.3f} ± {se(p, n):.3f}"
+
+
+def eval_sizes():
+  """(VQA questions, caption images, single-object caption images) of the Flamingo config."""
+  import flamingo_shapeworld
+  from mmjax.data.shapeworld_inputs import shapeworld_source
+  config = flamingo_shapeworld.get_config()
+  ev = config.eval
+  source = shapeworld_source(config.data, "test", ev.caption_images)
+  singles = sum(int(source[i]["num_objects"]) == 1 for i in range(ev.caption_images))
+  return 5 * ev.vqa_images, ev.caption_images, singles, tuple(ev.shots)
+
+
+def sources_table():
+  clip, lm = records("metrics_clip.jsonl")[-1], records("metrics_lm_packed.jsonl")[-1]
+  print("| run | step | result |")
+  print("|---|---|---|")
+  print(f"| CLIP (configs/clip_shapeworld.py), the vision tower | {clip['step']} | zero-shot "
+        f"top-1 {clip['zeroshot_top1']:.3f} (seen) / {clip['zeroshot_top1_heldout']:.3f} "
+        f"(held out) |")
+  print(f"| LM (configs/lm_shapeworld.py:packed), the language model | {lm['step']} | eval "
+        f"loss {lm['eval_loss']:.3f} (single texts) / {lm['eval_loss_packed']:.3f} (packed), "
+        f"next-token accuracy {lm['token_accuracy']:.3f} / {lm['token_accuracy_packed']:.3f} |")
+
+
+def vqa_table(questions, shots):
+  print(f"| support | step | shots | accuracy ({questions} questions) | " +
+        " | ".join(VQA_TYPES) + " |")
+  print("|---|---|---|---|" + "---|" * len(VQA_TYPES))
+  for support, r in evaluations():
+    for k in shots:
+      p = f"vqa_{k}shot_"
+      cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
+      print(f"| {support} | {r['step']} | {k} | {with_se(r[p + 'accuracy'], questions)} | "
+            f"{cells} |")
+
+
+def caption_table(singles, shots):
+  print(f"| support | step | shots | BLEU-4 | CIDEr-D | shape acc. ({singles} 1-object) | "
+        "colour | size |")
+  print("|---|---|---|---|---|---|---|---|")
+  for support, r in evaluations():
+    for k in shots:
+      p = f"caption_{k}shot_"
+      print(f"| {support} | {r['step']} | {k} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
+            f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
+            f"{r[p + 'size_accuracy']:.3f} |")
+
+
+def shots_table(questions, shots):
+  """Each k-shot VQA accuracy of the last checkpoint minus the 0-shot one, per support."""
+  print("| support | shots | VQA accuracy (step 1500) | minus 0-shot | above 0-shot by 2 SE? | "
+        "caption BLEU-4 | minus 0-shot |")
+  print("|---|---|---|---|---|---|---|")
+  for support, last in evaluations():
+    if last["step"] != 1500:
+      continue
+    for k in shots:
+      shots_row(support, last, last["vqa_0shot_accuracy"], k, questions)
+
+
+def shots_row(support, last, zero, k, questions):
+  acc = last[f"vqa_{k}shot_accuracy"]
+  gap, gap_se = acc - zero, math.sqrt(se(acc, questions) ** 2 + se(zero, questions) ** 2)
+  verdict = "-" if k == 0 else ("yes" if gap > 2 * gap_se else
+                                "no" if gap <= 0 else "not resolved (< 2 SE)")
+  bleu, bleu0 = last[f"caption_{k}shot_bleu4"], last["caption_0shot_bleu4"]
+  print(f"| {support} | {k} | {with_se(acc, questions)} | {gap:+.3f} ± {gap_se:.3f} | "
+        f"{verdict} | {bleu:.3f} | {bleu - bleu0:+.3f} |")
+
+
+def main():
+  questions, _, singles, shots = eval_sizes()
+  for title, table in [("The runs Flamingo starts from", sources_table),
+                       ("Few-shot VQA", lambda: vqa_table(questions, shots)),
+                       ("Few-shot captioning", lambda: caption_table(singles, shots)),
+                       ("Shots against 0 shots", lambda: shots_table(questions, shots))]:
+    print(f"### {title}\n")
+    table()
+    print()
+
+
+if __name__ == "__main__":
+  main()
