@@ -56,11 +56,13 @@ from mmjax.decoding.processors import (apply_repetition_penalty, apply_temperatu
 from mmjax.decoding.recompute import RecomputeCache, init_recompute_cache, recompute_step_fn
 from mmjax.decoding.sampling import sample
 from mmjax.decoding.scoring import sequence_log_probs
-from mmjax.decoding.step import DecodeOutput, StepFn, expand_rows, gather_rows, prefill
+from mmjax.decoding.step import (DecodeOutput, StepFn, banned_tokens_step_fn, expand_rows,
+                                 gather_rows, prefill)
 
 __all__ = [
     "DecodeOutput", "GuidanceCache", "PrefixTrie", "RecomputeCache", "StepFn",
-    "apply_repetition_penalty", "apply_temperature", "beam_search", "build_prefix_trie",
+    "apply_repetition_penalty", "apply_temperature", "banned_tokens_step_fn", "beam_search",
+    "build_prefix_trie",
     "expand_rows", "from_left_padded", "gather_rows", "greedy", "guidance_cache",
     "guided_step_fn", "init_recompute_cache", "prefill", "recompute_step_fn", "sample", "sequence_log_probs",
     "top_k_filter", "top_p_filter",

@@ -113,3 +113,13 @@ def expand_rows(tree: PyTree, times: int) -> PyTree:
 def gather_rows(tree: PyTree, rows: jax.Array) -> PyTree:
   """Selects rows `rows` int32[R] along axis 0 of every leaf (beam reordering)."""
   return _map_batched(lambda leaf: jnp.take(leaf, rows, axis=0), tree)
+
+
+def banned_tokens_step_fn(step_fn: StepFn, start: int, stop: int | None = None) -> StepFn:
+  """`step_fn` with the logits of token ids [start, stop) set to -inf (stop None: to the end of
+  the vocabulary), so no decoding function ever chooses them: e.g. a multi-task model's
+  location bins while it captions, or Flamingo's `<image>` token."""
+  def step(tokens, cache, positions):
+    logits, cache = step_fn(tokens, cache, positions)
+    return logits.at[..., start:stop].set(-jnp.inf), cache
+  return step

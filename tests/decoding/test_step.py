@@ -96,3 +96,23 @@ def test_step_fn_with_wrong_logits_shape_raises_value_error():
   bad_step = lambda tokens, cache, positions: (jnp.zeros(tokens.shape + (1, VOCAB)), cache)
   with pytest.raises(ValueError, match="step_fn must return logits"):
     decoding.greedy(bad_step, {}, PROMPT, PROMPT_LENGTHS, max_new_tokens=2, eos_id=tl.EOS)
+
+
+@pytest.mark.parametrize("start, stop", [(1, 3), (3, None)])
+def test_banned_tokens_are_never_chosen_and_the_rest_of_the_logits_are_untouched(start, stop):
+  step_fn = tl.make_step_fn(PARAMS)
+  banned = decoding.banned_tokens_step_fn(step_fn, start, stop)
+  positions = jnp.broadcast_to(jnp.arange(3), (2, 3))
+  plain, _ = step_fn(PROMPT, tl.init_cache(PARAMS, 2, 8, COND), positions)
+  masked, _ = banned(PROMPT, tl.init_cache(PARAMS, 2, 8, COND), positions)
+  ids = np.arange(VOCAB)
+  out = (ids >= start) & (ids < (VOCAB if stop is None else stop))
+  assert np.all(np.isneginf(np.asarray(masked)[..., out]))
+  np.testing.assert_array_equal(np.asarray(masked)[..., ~out], np.asarray(plain)[..., ~out])
+  # Greedy decoding through it never emits a banned id, though unbanned it would.
+  free = decoding.greedy(step_fn, tl.init_cache(PARAMS, 2, 8, COND), PROMPT, PROMPT_LENGTHS,
+                         max_new_tokens=4, eos_id=VOCAB + 1, pad_id=0).tokens
+  tokens = decoding.greedy(banned, tl.init_cache(PARAMS, 2, 8, COND), PROMPT, PROMPT_LENGTHS,
+                           max_new_tokens=4, eos_id=VOCAB + 1, pad_id=0).tokens
+  assert not out[np.asarray(tokens)].any()
+  assert out[np.asarray(free)].any() or start == 3

@@ -10,3 +10,13 @@ from mmjax.train.evaluators.grounding import GroundingEvaluator
 from mmjax.train.evaluators.retrieval import RetrievalEvaluator
 from mmjax.train.evaluators.vqa import VQAEvaluator
 from mmjax.train.evaluators.zero_shot import ZeroShotEvaluator
+
+
+def prefixed_results(evaluators, params, mesh) -> dict[str, float]:
+  """Every evaluator's metrics, each key prefixed by its evaluator's name: {name: evaluator}
+  -> {"{name}_{metric}": value} (a multi-task model's "vqa_accuracy", "caption_bleu4", ...)."""
+  results = {}
+  for name, evaluator in evaluators.items():
+    results.update({f"{name}_{key}": value
+                    for key, value in evaluator.evaluate(params, mesh).items()})
+  return results

@@ -51,7 +51,7 @@ from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer
 from mmjax.train import sharding
-from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator
+from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator, prefixed_results
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
 from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
@@ -361,8 +361,8 @@ class InterleavedTask(Task):
     """Caption tokens int32 `[B, T]`, EOS then padding, of images `[B, k + 1, H, W, 3]` after
     their prompts `[B, P]`: greedy, `<image>` never chosen, `<eoc>` ends (written as EOS)."""
     cache = self._model.init_cache(params, images, prompt.shape[1] + self.max_caption_tokens)
-    step_fn = _without_token(functools.partial(self._model.decode_step, params),
-                             self.codec.image_id)
+    step_fn = decoding.banned_tokens_step_fn(functools.partial(self._model.decode_step, params),
+                                             self.codec.image_id, self.codec.image_id + 1)
     tokens = decoding.greedy(step_fn, cache, prompt, jnp.maximum(prompt_length, 1),
                              max_new_tokens=self.max_caption_tokens, eos_id=self.codec.eoc_id,
                              pad_id=self.tokenizer.pad_id).tokens
@@ -371,22 +371,10 @@ class InterleavedTask(Task):
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
     if self.support_selection == "rices" and self._neighbours is None:
       self.select_support(params, mesh)
-    results = {}
-    for name, evaluator in self.evaluators().items():
-      results.update({f"{name}_{key}": value
-                      for key, value in evaluator.evaluate(params, mesh).items()})
-    return results
+    return prefixed_results(self.evaluators(), params, mesh)
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
     from mmjax.train import plots
     if jax.process_index() != 0:
       return []
     return [plots.loss_curve(workdir)]
-
-
-def _without_token(step_fn: decoding.StepFn, token_id: int) -> decoding.StepFn:
-  """A step function whose logits of `token_id` are -inf."""
-  def step(tokens, cache, positions):
-    logits, cache = step_fn(tokens, cache, positions)
-    return logits.at[..., token_id].set(-jnp.inf), cache
-  return step

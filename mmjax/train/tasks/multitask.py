@@ -46,7 +46,8 @@ from mmjax.data.tokenizer import WordTokenizer
 from mmjax.models import build_model
 from mmjax.models.grounding import CoordinateDecoder, quantize_coordinates
 from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer
-from mmjax.train.evaluators import CaptioningEvaluator, GroundingEvaluator, VQAEvaluator
+from mmjax.train.evaluators import (CaptioningEvaluator, GroundingEvaluator, VQAEvaluator,
+                                    prefixed_results)
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
 from mmjax.train.tasks.grounding import IOU_THRESHOLDS
@@ -312,8 +313,8 @@ class MultiTask(Task):
     instruction_rows = jnp.broadcast_to(instruction_row, (images.shape[0], len(instruction_row)))
     cache = self._model.init_cache(params, images, length, instruction=instruction_rows)
     prompt, _ = self._bos(images.shape[0])
-    step_fn = _words_only(functools.partial(self._model.decode_step, params),
-                          self.word_vocab_size)
+    step_fn = decoding.banned_tokens_step_fn(functools.partial(self._model.decode_step, params),
+                                             self.word_vocab_size)  # no location bins
     return decoding.greedy(step_fn, cache, prompt, max_new_tokens=length - 1,
                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id).tokens
 
@@ -338,11 +339,7 @@ class MultiTask(Task):
                                          instruction=batch["instruction"])
 
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
-    results = {}
-    for name, evaluator in self.evaluators().items():
-      results.update({f"{name}_{key}": value
-                      for key, value in evaluator.evaluate(params, mesh).items()})
-    return results
+    return prefixed_results(self.evaluators(), params, mesh)
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
     from mmjax.train import plots
@@ -362,11 +359,3 @@ def _task_vector(weights, name: str, positive_sum: bool = False) -> np.ndarray:
     raise ValueError(f"{name} must be non-negative{' with a positive sum' * positive_sum}, got "
                      f"{weights}")
   return vector
-
-
-def _words_only(step_fn: decoding.StepFn, word_vocab_size: int) -> decoding.StepFn:
-  """A step function whose logits of the location bins (ids >= word_vocab_size) are -inf."""
-  def step(tokens, cache, positions):
-    logits, cache = step_fn(tokens, cache, positions)
-    return logits.at[..., word_vocab_size:].set(-jnp.inf), cache
-  return step
