@@ -12,18 +12,26 @@ decoder becomes one causal transformer of the same width and depth over
 [image tokens; text tokens]: the ViT's tokens go through a 2-layer MLP projector, then into the
 sequence before the text.
 
-Two-stage recipe (LLaVA): warm-start the vision tower from a CLIP run (and the LM from a
-text-only run of the same shape) and train the projector alone, then everything but the vision
-tower:
+Two-stage training (LLaVA), e.g. for VQA ("caption_stage1", ... likewise):
 
-  --config.init_from.workdir=runs/clip --config.init_from.params='("image_encoder:vision_encoder",)'
-  --config.optim.trainable='("projector",)'                                       # stage 1
-  --config.optim.trainable='("projector", "token_embed", "pos_embed", "transformer", "lm_head")'
+  mmjax train --config configs/clip_shapeworld.py --workdir runs/clip
+  mmjax train --config configs/lm_shapeworld.py --workdir runs/lm
+  mmjax train --config configs/unified_shapeworld.py:vqa_stage1 --workdir runs/llava_1 \
+      --config.init_from.vision.workdir=runs/clip --config.init_from.lm.workdir=runs/lm
+  mmjax train --config configs/unified_shapeworld.py:vqa_stage2 --workdir runs/llava_2 \
+      --config.init_from.stage1.workdir=runs/llava_1
+
+Stage 1 trains the projector alone between the frozen CLIP vision tower and the frozen
+text-only LM (configs/lm_shapeworld.py: same width, depth and vocabulary; the rows take the
+LM's 22 positions); stage 2 starts from all of stage 1 and trains everything but the vision
+tower.
 """
 import ml_collections
 
 import caption_shapeworld
+import common
 import grounding_shapeworld
+import lm_shapeworld
 import vqa_shapeworld
 
 # task -> its parent config (the Captioner-headed variant)
@@ -47,11 +55,34 @@ def unified_decoder(captioner: ml_collections.ConfigDict) -> ml_collections.Conf
       attention_impl=c.attention_impl, remat=c.remat))
 
 
-def get_config(task: str = "caption") -> ml_collections.ConfigDict:
+LM_PARAMS = ("token_embed", "pos_embed", "transformer", "lm_head")
+STAGES = {"": None, "_stage1": ("projector",), "_stage2": ("projector",) + LM_PARAMS}
+
+
+def get_config(variant: str = "caption") -> ml_collections.ConfigDict:
+  task, stage = next(((variant[:-len(s)] if s else variant, s) for s in STAGES
+                      if s and variant.endswith(s)), (variant, ""))
   if task not in TASKS:
-    raise ValueError(f"configs/unified_shapeworld.py:TASK takes TASK in {sorted(TASKS)}, got "
-                     f"{task!r}")
+    raise ValueError(f"configs/unified_shapeworld.py:VARIANT takes TASK or TASK_stage1 / "
+                     f"TASK_stage2 with TASK in {sorted(TASKS)}, got {variant!r}")
   c = TASKS[task]()
   c.model = unified_decoder(c.model)
   c.init_from.params = ("image_encoder:vision_encoder",)
+  if not stage:
+    return c
+  c.optim.trainable = STAGES[stage]
+  pairs = lambda names: tuple(f"{name}:{name}" for name in names)
+  if stage == "_stage1":
+    # Half the task's steps: only the projector learns, to map image tokens into the LM.
+    c.total_steps = c.total_steps // 2
+    c.checkpoint_every = c.total_steps
+    # The LM's rows are 22 tokens: the task's rows (<= 22) take the same positions.
+    c.data.context_length = lm_shapeworld.get_config().data.context_length
+    c.init_from = ml_collections.ConfigDict(dict(
+        vision=common.warm_start(("image_encoder:vision_encoder",)),
+        lm=common.warm_start(pairs(LM_PARAMS))))
+  else:
+    c.data.context_length = get_config(f"{task}_stage1").data.context_length
+    c.init_from = ml_collections.ConfigDict(dict(
+        stage1=common.warm_start(pairs(("vision_encoder", "projector") + LM_PARAMS))))
   return c

@@ -111,6 +111,27 @@ def test_unified_configs_are_their_tasks_but_for_the_model(task, parent):
                                                              captioner.text_layers)
 
 
+@pytest.mark.parametrize("task", ["caption", "vqa"])
+def test_llava_stages_are_the_unified_config_but_for_what_trains_and_where_it_starts(task):
+  path = ROOT / "configs" / "unified_shapeworld.py"
+  plain, one, two = (load_config(f"{path}:{task}{s}") for s in ("", "_stage1", "_stage2"))
+  lm = load_config(ROOT / "configs" / "lm_shapeworld.py")
+  for key in set(plain) - {"init_from", "optim", "data", "total_steps", "checkpoint_every"}:
+    assert one[key] == plain[key] == two[key], key
+  assert one.total_steps == plain.total_steps // 2 and two.total_steps == plain.total_steps
+  assert one.data.context_length == two.data.context_length == lm.data.context_length
+  assert tuple(one.optim.trainable) == ("projector",)
+  assert set(two.optim.trainable) == {"projector", "token_embed", "pos_embed", "transformer",
+                                      "lm_head"}
+  assert one.init_from.vision.params == ("image_encoder:vision_encoder",)
+  assert {p.split(":")[0] for p in one.init_from.lm.params} == {
+      "token_embed", "pos_embed", "transformer", "lm_head"}
+  assert {p.split(":")[0] for p in two.init_from.stage1.params} == {
+      "vision_encoder", "projector", "token_embed", "pos_embed", "transformer", "lm_head"}
+  for key in ("width", "num_layers", "num_heads", "mlp_ratio"):
+    assert plain.model[key] == lm.model[key], key
+
+
 def test_flamingo_takes_its_lm_and_vision_tower_from_the_runs_it_warm_starts_from():
   from mmjax.models.flamingo import TRAINABLE
   flamingo = load_config(ROOT / "configs" / "flamingo_shapeworld.py")
