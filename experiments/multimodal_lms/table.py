@@ -40,6 +40,8 @@ FLAMINGO = [("", "metrics_flamingo.jsonl", (0,)),
 CAPTIONING = [
     ("Captioner (dedicated)", "scratch", "ofa_shapeworld", "metrics_captioner_64px.jsonl", ""),
     ("OFA, one model for 3 tasks", "scratch", "ofa_shapeworld", "metrics_ofa.jsonl", "caption_"),
+    ("OFA, one model for 3 tasks", "CLIP, fine-tuned", "ofa_shapeworld",
+     "metrics_ofa_clip_init.jsonl", "caption_"),
 ] + [(f"Flamingo, {k} shots{support}", "CLIP, frozen", "flamingo_shapeworld", file,
       f"caption_{k}shot_") for support, file, shots in FLAMINGO for k in shots]
 CAPTIONING_32PX = [
@@ -57,6 +59,8 @@ VQA = [
     ("unified decoder, LLaVA stage 2 (projector + LM)", "CLIP, frozen", "multimodal_lms",
      "metrics_llava_vqa_stage2.jsonl", ""),
     ("OFA, one model for 3 tasks", "scratch", "ofa_shapeworld", "metrics_ofa.jsonl", "vqa_"),
+    ("OFA, one model for 3 tasks", "CLIP, fine-tuned", "ofa_shapeworld",
+     "metrics_ofa_clip_init.jsonl", "vqa_"),
 ] + [(f"Flamingo, {k} shots{support}", "CLIP, frozen", "flamingo_shapeworld", file,
       f"vqa_{k}shot_") for support, file, shots in FLAMINGO for k in shots]
 GROUNDING = [
@@ -70,6 +74,8 @@ GROUNDING = [
      "metrics_grounding.jsonl", ""),
     ("OFA, one model for 3 tasks", "scratch", "ofa_shapeworld", "metrics_ofa.jsonl",
      "grounding_"),
+    ("OFA, one model for 3 tasks", "CLIP, fine-tuned", "ofa_shapeworld",
+     "metrics_ofa_clip_init.jsonl", "grounding_"),
 ]
 
 

@@ -5,7 +5,8 @@ on each task beside that task's dedicated heads.
 
 Dedicated heads: the Captioner on OFA's 64 px, 1-3 object scenes (this folder,
 metrics_captioner_64px.jsonl), the VQA classifier (experiments/vqa_shapeworld) and both
-grounding heads (experiments/grounding_shapeworld). Standard errors are binomial,
+grounding heads (experiments/grounding_shapeworld), from scratch and, where such a run exists,
+with the ViT warm-started from the CLIP run (as the second OFA run, metrics_ofa_clip_init). Standard errors are binomial,
 sqrt(p (1 - p) / n), for accuracies over n independent test items; a difference's is the two
 combined. BLEU-4 and CIDEr-D are corpus scores with no per-item file to bootstrap, so none.
 """
@@ -45,6 +46,11 @@ def single_object_images():
 
 
 OFA = HERE / "metrics_ofa.jsonl"
+OFA_CLIP = HERE / "metrics_ofa_clip_init.jsonl"  # the same, its ViT warm-started from CLIP
+VQA_CLASSIFIER_CLIP = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_clip_init_600steps.jsonl"
+VQA_CLASSIFIER_CLIP_2000 = (EXPERIMENTS / "vqa_shapeworld" /
+                            "metrics_classifier_clip_init_2000steps.jsonl")
+GROUNDING_CLIP = EXPERIMENTS / "grounding_shapeworld" / "metrics_regression_clip_init_600steps.jsonl"
 CAPTIONER = HERE / "metrics_captioner_64px.jsonl"
 VQA_CLASSIFIER = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_default_600steps.jsonl"
 GROUNDING = {"regression head": EXPERIMENTS / "grounding_shapeworld" /
@@ -58,6 +64,7 @@ def caption_table(singles):
   print("|---|---|---|---|---|---|---|")
   rows = [("Captioner (64 px, 1-3 objects)", r, "") for r in records(CAPTIONER)]
   rows += [("OFA, one model", r, "caption_") for r in records(OFA)]
+  rows += [("OFA, one model, CLIP-initialised ViT", r, "caption_") for r in records(OFA_CLIP)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
           f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
@@ -69,7 +76,10 @@ def vqa_table():
         " |")
   print("|---|---|---|" + "---|" * len(VQA_TYPES))
   rows = [("VQA classifier head", r, "") for r in records(VQA_CLASSIFIER)]
+  rows += [("VQA classifier head, CLIP-initialised ViT", r, "")
+           for r in records(VQA_CLASSIFIER_CLIP)]
   rows += [("OFA, one model", r, "vqa_") for r in records(OFA)]
+  rows += [("OFA, one model, CLIP-initialised ViT", r, "vqa_") for r in records(OFA_CLIP)]
   for name, r, p in rows:
     cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
     print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
@@ -79,25 +89,38 @@ def grounding_table():
   print(f"| model | step | acc@0.5 ({GROUNDING_IMAGES} images) | acc@0.75 | mean IoU |")
   print("|---|---|---|---|---|")
   rows = [(name, r, "") for name, path in GROUNDING.items() for r in records(path)]
+  rows += [("regression head, CLIP-initialised ViT", r, "") for r in records(GROUNDING_CLIP)]
   rows += [("OFA, one model", r, "grounding_") for r in records(OFA)]
+  rows += [("OFA, one model, CLIP-initialised ViT", r, "grounding_")
+           for r in records(OFA_CLIP)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {with_se(r[p + 'acc@0.5'], GROUNDING_IMAGES)} | "
           f"{r[p + 'acc@0.75']:.3f} | {r[p + 'mean_iou']:.3f} |")
 
 
-def gap_table(singles):
-  """OFA's last eval minus each dedicated head's last, against the 0.05 target."""
-  ofa = records(OFA)[-1]
+def gap_table(singles, ofa_path=OFA, clip=False):
+  """OFA's last eval minus each dedicated head's last, against the 0.05 target. With `clip`,
+  the CLIP-initialised OFA against the CLIP-initialised heads where one was run."""
+  ofa = records(ofa_path)[-1]
   print("| task: metric | dedicated head (step) | dedicated | OFA (step "
         f"{ofa['step']}) | OFA - dedicated | within 0.05? |")
   print("|---|---|---|---|---|---|")
+  vqa_head = ("classifier, CLIP-initialised", VQA_CLASSIFIER_CLIP) if clip else (
+      "classifier", VQA_CLASSIFIER)
   rows = [("captioning: BLEU-4", "Captioner", records(CAPTIONER)[-1], "bleu4", "caption_", None),
           ("captioning: shape acc.", "Captioner", records(CAPTIONER)[-1], "shape_accuracy",
            "caption_", singles),
-          ("VQA: accuracy", "classifier", records(VQA_CLASSIFIER)[-1], "accuracy", "vqa_",
+          ("VQA: accuracy", vqa_head[0], records(vqa_head[1])[-1], "accuracy", "vqa_",
            VQA_QUESTIONS)]
+  if clip:  # the CLIP-initialised classifier after as many steps as OFA (of a longer run)
+    longer = [r for r in records(VQA_CLASSIFIER_CLIP_2000) if r["step"] == ofa["step"]]
+    rows += [("VQA: accuracy", "classifier, CLIP-initialised, of a 2000-step run", longer[0],
+              "accuracy", "vqa_", VQA_QUESTIONS)]
+  grounding = dict(GROUNDING)
+  if clip:
+    grounding["regression head, CLIP-initialised"] = GROUNDING_CLIP
   rows += [("grounding: acc@0.5", name, records(path)[-1], "acc@0.5", "grounding_",
-            GROUNDING_IMAGES) for name, path in GROUNDING.items()]
+            GROUNDING_IMAGES) for name, path in grounding.items()]
   for task, name, head, key, prefix, n in rows:
     mine, theirs = ofa[prefix + key], head[key]
     gap = mine - theirs
@@ -116,7 +139,9 @@ def main():
   singles = single_object_images()
   for title, table in [("Captioning", lambda: caption_table(singles)), ("VQA", vqa_table),
                        ("Grounding", grounding_table),
-                       ("OFA against the dedicated heads", lambda: gap_table(singles))]:
+                       ("OFA against the dedicated heads", lambda: gap_table(singles)),
+                       ("OFA with a CLIP-initialised ViT against the dedicated heads",
+                        lambda: gap_table(singles, OFA_CLIP, clip=True))]:
     print(f"### {title}\n")
     table()
     print()
