@@ -188,7 +188,7 @@ def test_few_shot_vqa_equals_the_argmax_of_a_full_forward_over_the_answers(task,
   data = task._eval_data()
   answer_ids = np.array([task.tokenizer.encode(a)[0] for a in SHAPEWORLD_ANSWERS])
   assert all(len(task.tokenizer.encode(a)) == 1 for a in SHAPEWORLD_ANSWERS)
-  accuracies = []
+  accuracies, outcomes = [], {}
   for k in (0, 2, 3):
     vqa = data["vqa"][k]
     correct = []
@@ -196,10 +196,19 @@ def test_few_shot_vqa_equals_the_argmax_of_a_full_forward_over_the_answers(task,
       images = np.repeat(vqa["image"][n:n + 1], 5, axis=0)
       logits = np.asarray(task.model.apply({"params": params}, images, vqa["prompt"][n]))
       last = logits[np.arange(5), vqa["prompt_length"][n] - 1]
-      correct += list(answer_ids[last[:, answer_ids].argmax(1)] == answer_ids[data["answer"][n]])
+      correct.append(answer_ids[last[:, answer_ids].argmax(1)] == answer_ids[data["answer"][n]])
     assert results[f"vqa_{k}shot_accuracy"] == pytest.approx(np.mean(correct))
     accuracies.append(np.mean(correct))
+    outcomes[k] = np.array(correct, float)
   assert len(set(accuracies)) > 1 or accuracies[0] not in (0.0, 1.0)  # the images matter
+  # The paired gain over 0 shots, its SE clustered by test image, by hand.
+  for k in (2, 3):
+    per_image = [(outcomes[k][n] - outcomes[0][n]).mean() for n in range(3)]
+    assert results[f"vqa_{k}shot_gain"] == pytest.approx(accuracies[(0, 2, 3).index(k)] -
+                                                         accuracies[0])
+    mean = sum(per_image) / 3
+    by_hand = (sum((d - mean) ** 2 for d in per_image) / 2) ** 0.5 / 3 ** 0.5
+    assert results[f"vqa_{k}shot_gain_se"] == pytest.approx(by_hand)
   assert {f"caption_{k}shot_bleu4" for k in (0, 2, 3)} <= set(results)
 
 
@@ -222,6 +231,24 @@ def test_few_shot_captions_equal_greedy_decoding_by_full_recomputation(task, par
       words.append(token)
       row.append(token)
     assert captions[n] == task.tokenizer.decode(words)
+
+
+def test_paired_gain_clusters_the_standard_error_by_test_image():
+  from mmjax.train.tasks.interleaved import paired_gain
+  rng = np.random.default_rng(0)
+  baseline = rng.random((40, 5)) < 0.6
+  better = baseline | (rng.random((40, 5)) < 0.2)
+  gain, se = paired_gain(better, baseline)
+  per_image = (better.astype(float) - baseline).mean(1)
+  assert gain == pytest.approx(better.mean() - baseline.mean())
+  by_hand = np.sqrt(((per_image - per_image.mean()) ** 2).sum() / 39 / 40)
+  assert se == pytest.approx(by_hand) and se > 0
+  # Questions of one image that move together: clustering makes the SE larger than treating
+  # the 200 questions as independent would.
+  together = np.repeat(rng.random((40, 1)) < 0.3, 5, axis=1)
+  _, clustered = paired_gain(baseline | together, baseline)
+  flat = (baseline | together).astype(float).ravel() - baseline.ravel()
+  assert clustered > flat.std(ddof=1) / np.sqrt(200)
 
 
 def test_sharded_loss_equals_single_device(task, params):

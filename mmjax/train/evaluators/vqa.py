@@ -21,7 +21,8 @@ class VQAEvaluator:
   (-1: no answer; default: the outputs are the indices).
 
   Metrics: `accuracy` over all questions and `accuracy_<type>` per name in `type_names` that
-  has questions.
+  has questions. The last evaluation's per-question outcomes (bool, the shape of `answers`)
+  are kept in `last_correct`, for paired comparisons on the same questions.
   """
 
   def __init__(self, predict_fn: Callable, inputs: Mapping[str, np.ndarray],
@@ -56,6 +57,7 @@ class VQAEvaluator:
     self.decode_fn = decode_fn
     keys = self.keys
     self._predict = jax.jit(lambda params, *arrays: predict_fn(params, dict(zip(keys, arrays))))
+    self.last_correct: np.ndarray | None = None
 
   def predict(self, params: Any, mesh: Mesh) -> np.ndarray:
     """Predicted answer indices, the shape of `answers` (host).
@@ -74,6 +76,7 @@ class VQAEvaluator:
 
   def evaluate(self, params: Any, mesh: Mesh) -> dict[str, float]:
     correct = self.predict(params, mesh) == self.answers
+    self.last_correct = correct
     results = {"accuracy": float(correct.mean())}
     if self.question_types is not None:
       for index, name in enumerate(self.type_names):

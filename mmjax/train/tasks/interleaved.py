@@ -29,7 +29,9 @@ by `<eoc>`, for all 5 questions of the first `eval.vqa_images` test images (one 
 per image). Captioning: the prompt is BOS, k "<image> caption <eoc>" chunks, then "<image>";
 the caption is decoded greedily (words and `<eoc>` only) for the first `eval.caption_images`.
 Metrics: "vqa_{k}shot_accuracy" (and per question type), "caption_{k}shot_bleu4",
-"caption_{k}shot_cider_d" and the caption attribute accuracies.
+"caption_{k}shot_cider_d" and the caption attribute accuracies; with 0 among the shots,
+"vqa_{k}shot_gain" (k-shot minus 0-shot accuracy on the same questions) and its paired
+standard error "vqa_{k}shot_gain_se" (`paired_gain`).
 """
 from __future__ import annotations
 
@@ -371,10 +373,27 @@ class InterleavedTask(Task):
   def evaluate(self, params, mesh: Mesh) -> dict[str, float]:
     if self.support_selection == "rices" and self._neighbours is None:
       self.select_support(params, mesh)
-    return prefixed_results(self.evaluators(), params, mesh)
+    results = prefixed_results(self.evaluators(), params, mesh)
+    if 0 in self.shots:
+      zero = self.evaluators()["vqa_0shot"].last_correct
+      for k in self.shots:
+        if k:
+          gain, se = paired_gain(self.evaluators()[f"vqa_{k}shot"].last_correct, zero)
+          results[f"vqa_{k}shot_gain"], results[f"vqa_{k}shot_gain_se"] = gain, se
+    return results
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
     from mmjax.train import plots
     if jax.process_index() != 0:
       return []
     return [plots.loss_curve(workdir)]
+
+
+def paired_gain(correct: np.ndarray, baseline: np.ndarray) -> tuple[float, float]:
+  """(mean accuracy gain, its standard error) of outcomes bool `[N, Q]` over `baseline` on the
+  same questions. The SE clusters by row (a test image: its Q questions share one support
+  set): std over the N per-image mean differences / sqrt(N)."""
+  diff = (np.asarray(correct, np.float64) - np.asarray(baseline, np.float64)).reshape(
+      len(correct), -1).mean(1)
+  se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+  return float(diff.mean()), se
