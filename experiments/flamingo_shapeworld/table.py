@@ -5,9 +5,10 @@ eval` of the last checkpoint, eval_flamingo_rices_step1500.json).
 
   python experiments/flamingo_shapeworld/table.py
 
-Standard errors are binomial, sqrt(p (1 - p) / n), for accuracies over n test items; for a
-difference of two shot counts they are combined as if independent, which overstates them (the
-same questions are asked). BLEU-4 and CIDEr-D are corpus scores with no per-item file to
+Standard errors are binomial, sqrt(p (1 - p) / n), for accuracies over n test items. A
+difference of two shot counts is paired (the same questions), its SE clustered by test image,
+as `mmjax eval` wrote it (eval_flamingo_{random,rices}_step1500.json; the random one repeats
+the training run's last eval exactly). BLEU-4 and CIDEr-D are corpus scores with no per-item file to
 bootstrap, so none.
 """
 import json
@@ -27,10 +28,8 @@ def records(name):
 
 def evaluations():
   """(support, record) of every eval: the training run's (random), then RICES's."""
-  rices = json.loads((HERE / "eval_flamingo_rices_step1500.json").read_text())
-  assert rices["eval"]["support_selection"] == "rices", rices["eval"]
   return ([("random", r) for r in records("metrics_flamingo.jsonl")] +
-          [("RICES", {"step": rices["step"], **rices["metrics"]})])
+          [("RICES", eval_file("rices"))])
 
 
 def se(p, n):
@@ -88,26 +87,31 @@ def caption_table(singles, shots):
             f"{r[p + 'size_accuracy']:.3f} |")
 
 
+def eval_file(support):
+  record = json.loads((HERE / f"eval_flamingo_{support}_step1500.json").read_text())
+  assert record["eval"]["support_selection"] == support, record["eval"]
+  return {"step": record["step"], **record["metrics"]}
+
+
 def shots_table(questions, shots):
-  """Each k-shot VQA accuracy of the last checkpoint minus the 0-shot one, per support."""
-  print("| support | shots | VQA accuracy (step 1500) | minus 0-shot | above 0-shot by 2 SE? | "
-        "caption BLEU-4 | minus 0-shot |")
+  """Each k-shot VQA accuracy of the last checkpoint minus the 0-shot one on the same
+  questions, with its paired SE (`mmjax eval`'s vqa_{k}shot_gain and _gain_se)."""
+  print("| support | shots | VQA accuracy (step 1500) | minus 0-shot (paired SE) | above 0-shot "
+        "by 2 SE? | caption BLEU-4 | minus 0-shot |")
   print("|---|---|---|---|---|---|---|")
-  for support, last in evaluations():
-    if last["step"] != 1500:
-      continue
+  for support in ("random", "rices"):
+    r = eval_file(support)
     for k in shots:
-      shots_row(support, last, last["vqa_0shot_accuracy"], k, questions)
-
-
-def shots_row(support, last, zero, k, questions):
-  acc = last[f"vqa_{k}shot_accuracy"]
-  gap, gap_se = acc - zero, math.sqrt(se(acc, questions) ** 2 + se(zero, questions) ** 2)
-  verdict = "-" if k == 0 else ("yes" if gap > 2 * gap_se else
-                                "no" if gap <= 0 else "not resolved (< 2 SE)")
-  bleu, bleu0 = last[f"caption_{k}shot_bleu4"], last["caption_0shot_bleu4"]
-  print(f"| {support} | {k} | {with_se(acc, questions)} | {gap:+.3f} ± {gap_se:.3f} | "
-        f"{verdict} | {bleu:.3f} | {bleu - bleu0:+.3f} |")
+      acc, bleu = r[f"vqa_{k}shot_accuracy"], r[f"caption_{k}shot_bleu4"]
+      if k == 0:
+        gain_text, verdict = "-", "-"
+      else:
+        gain, gain_se = r[f"vqa_{k}shot_gain"], r[f"vqa_{k}shot_gain_se"]
+        gain_text = f"{gain:+.3f} ± {gain_se:.3f} ({gain / gain_se:+.1f} SE)"
+        verdict = "yes" if gain > 2 * gain_se else "no"
+      print(f"| {'RICES' if support == 'rices' else support} | {k} | "
+            f"{with_se(acc, questions)} | {gain_text} | {verdict} | {bleu:.3f} | "
+            f"{bleu - r['caption_0shot_bleu4']:+.3f} |")
 
 
 def main():
