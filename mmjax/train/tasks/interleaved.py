@@ -167,6 +167,8 @@ class InterleavedTask(Task):
       raise ValueError(f"eval.support_selection must be one of {SUPPORT_SELECTIONS}, got "
                        f"{self.support_selection!r}")
     self._neighbours = None
+    self._pooled_fn = jax.jit(lambda p, x: self._model.apply(
+        {"params": p}, x, method=lambda m, x: m.vision_encoder(x)[1]))
     self._eval_cache = None
     self._evaluators = None
 
@@ -210,27 +212,27 @@ class InterleavedTask(Task):
 
   # -- evaluation -----------------------------------------------------------------------------
 
-  def _support(self, kind: str, query_index: int, train, slot: int | None = None
+  def _support(self, kind: str, query_index: int, train, slots: tuple[int, ...] | None = None
                ) -> tuple[list, list]:
-    """The largest k's support of test image `query_index`: (images uint8, chunks), of which
-    a k-shot prompt takes the first k (`_shots`). Random train images, or with RICES the
-    nearest by the vision tower's features, nearest first. VQA chunks ask the question in
-    `slot` of each support image (None: a random one)."""
+    """The largest k's support of test image `query_index`: (images uint8, chunk lists), of
+    which a k-shot prompt takes the first k (`_shots`). Random train images, or with RICES the
+    nearest by the vision tower's features, nearest first. With `slots`, one chunk list per
+    slot, each VQA chunk asking its image the question in that slot (each image loaded once);
+    without, one list of chunks with a random text each."""
     ev = self.config.eval
     rng = np.random.default_rng([ev.seed, query_index, ROW_KINDS.index(kind)])
     if self.support_selection == "rices":
       indices = self._neighbours[query_index]
     else:
       indices = rng.choice(min(ev.support_images, len(train)), size=max(self.shots), replace=True)
-    images, chunks = [], []
+    images, chunks = [], [[] for _ in (slots or (None,))]
     for i in indices:
       item = train[int(i)]
       images.append(pipeline.check_image(item["image"], int(i), None))
-      if slot is None:
-        text = chunk_text(item, kind, rng)[0]
-      else:
-        text = f"{item['questions'][slot]} {item['answers'][slot]}"
-      chunks.append(self.codec.chunk(text))
+      if slots is None:
+        chunks[0].append(self.codec.chunk(chunk_text(item, kind, rng)[0]))
+      for out, slot in zip(chunks, slots or ()):
+        out.append(self.codec.chunk(f"{item['questions'][slot]} {item['answers'][slot]}"))
     return images, chunks
 
   def _shots(self, support: list, k: int) -> list:
@@ -259,14 +261,15 @@ class InterleavedTask(Task):
     for index in range(ev.vqa_images):
       item = test[index]
       query_image = pipeline.check_image(item["image"], index, None)
-      supports = ([self._support("vqa", index, train, slot) for slot in range(QUESTIONS_PER_IMAGE)]
-                  if per_slot else [self._support("vqa", index, train)] * QUESTIONS_PER_IMAGE)
-      support_images = supports[0][0]
+      support_images, chunk_lists = self._support(
+          "vqa", index, train, tuple(range(QUESTIONS_PER_IMAGE)) if per_slot else None)
+      if not per_slot:
+        chunk_lists = chunk_lists * QUESTIONS_PER_IMAGE
       for k in self.shots:
         prompts = [self.codec.row(self._shots(chunks, k) + [self.codec.chunk(q, close=False)],
                                   length - self.answerer.max_new_tokens,
                                   f"a {k}-shot VQA prompt with its answer")
-                   for (_, chunks), q in zip(supports, item["questions"])]
+                   for chunks, q in zip(chunk_lists, item["questions"])]
         rows = out["vqa"][k]
         rows["image"].append(np.stack(self._shots(support_images, k) + [query_image]))
         rows["prompt"].append(np.stack(prompts))
@@ -276,7 +279,7 @@ class InterleavedTask(Task):
     for index in range(ev.caption_images):
       item = test[index]
       query_image = pipeline.check_image(item["image"], index, None)
-      support_images, support = self._support("caption", index, train)
+      support_images, (support,) = self._support("caption", index, train)
       for k in self.shots:
         prompt = self.codec.row(self._shots(support, k) + [[self.codec.image_id]],
                                 length - self.max_caption_tokens,
@@ -309,9 +312,7 @@ class InterleavedTask(Task):
   def image_features(self, params, images: np.ndarray, mesh: Mesh) -> np.ndarray:
     """float32 `[N, Wv]`: the vision tower's pooled output of host images `[N, H, W, 3]` in
     [0, 1], L2-normalised (RICES's similarity is their dot product)."""
-    fn = jax.jit(lambda p, x: self._model.apply({"params": p}, x,
-                                                method=lambda m, x: m.vision_encoder(x)[1]))
-    chunks = sharding.map_in_chunks(functools.partial(fn, params), (images,), mesh,
+    chunks = sharding.map_in_chunks(functools.partial(self._pooled_fn, params), (images,), mesh,
                                     self.config.eval.batch_size)
     features = np.concatenate([np.asarray(out)[:rows] for rows, out in chunks]).astype(np.float32)
     return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
