@@ -76,3 +76,29 @@ def test_bad_shapes_are_named(model_and_inputs):
     model.apply({"params": params}, log_mel[:, :, :14], frames)
   with pytest.raises(ValueError, match="more than max_frames=4"):
     model.apply({"params": params}, log_mel, jnp.concatenate([frames, frames], axis=1))
+
+
+def test_the_sync_head_centres_its_own_projections_over_time(model_and_inputs):
+  _, _, log_mel, frames = model_and_inputs
+  model = build_model(dict(MODEL, sync_dim=6))
+  params = nn.meta.unbox(model.init(jax.random.key(1), log_mel, frames)["params"])
+  out = model.apply({"params": params}, log_mel, frames)
+  audio_time, _ = model.audio_encoder.apply({"params": params["audio_encoder"]}, log_mel)
+  video = model.video_encoder.apply({"params": params["video_encoder"]}, frames)
+  centred = lambda x: x - x.mean(axis=1, keepdims=True)
+  qa = np.asarray(params["audio_sync_proj"]["kernel"])
+  qv = np.asarray(params["video_sync_proj"]["kernel"])
+  np.testing.assert_allclose(out["audio_time"], _unit(centred(np.asarray(audio_time) @ qa)),
+                             atol=1e-5)
+  np.testing.assert_allclose(out["video_time"],
+                             _unit(centred(np.asarray(video["per_time"]) @ qv)), atol=1e-5)
+  assert out["audio_time"].shape == (2, 4, 6)
+  # The clip space is the shared projections', untouched by the head.
+  wa = np.asarray(params["audio_proj"]["kernel"])
+  np.testing.assert_allclose(out["video_emb"], _unit(np.asarray(video["pooled"]) @
+                                                     np.asarray(params["video_proj"]["kernel"])),
+                             atol=1e-5)
+  assert wa.shape == (16, 8)
+  np.testing.assert_allclose(out["sync_logit_scale"], np.log(1 / 0.07), rtol=1e-6)
+  with pytest.raises(ValueError, match="sync_dim must be >= 0"):
+    build_model(dict(MODEL, sync_dim=-1)).init(jax.random.key(1), log_mel, frames)
