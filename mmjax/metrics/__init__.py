@@ -34,6 +34,7 @@ from mmjax.metrics.fid import frechet_distance
 from mmjax.metrics.fid import mean_and_covariance
 from mmjax.metrics.inception_score import inception_score
 from mmjax.metrics.kid import kid
+from mmjax.metrics.localization import best_ciou_of_distinct_maps
 from mmjax.metrics.localization import binarize_at_median
 from mmjax.metrics.localization import boxes_to_masks
 from mmjax.metrics.localization import centre_box_baseline

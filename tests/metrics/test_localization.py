@@ -276,3 +276,19 @@ def test_bad_input_raises():
     metrics.centre_box_baseline(4, 4, 0.0)
   with pytest.raises(ValueError, match="covers no pixel"):
     metrics.centre_box_baseline(10, 10, 0.05)
+
+
+def test_best_ciou_of_distinct_maps_is_the_maximum_over_every_ranking():
+  import itertools
+  import jax.numpy as jnp
+  from mmjax.metrics import best_ciou_of_distinct_maps, localization_ciou
+  height, width = 2, 3
+  masks = np.array([[int(b) for b in f"{code:06b}"] for code in range(64)], bool)
+  masks = masks.reshape(64, height, width)
+  rankings = np.array(list(itertools.permutations(range(height * width))), np.float32)
+  maps = rankings.reshape(-1, height, width)
+  best = np.zeros(64)
+  for k, mask in enumerate(masks):
+    cious = localization_ciou(jnp.asarray(maps), jnp.asarray(np.broadcast_to(mask, maps.shape)))
+    best[k] = np.max(np.asarray(cious))
+  np.testing.assert_allclose(best_ciou_of_distinct_maps(jnp.asarray(masks)), best, atol=1e-6)
