@@ -9,8 +9,8 @@ from conftest import ROOT
 from mmjax import losses
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.tasks.audio_visual import (alignment_loss, localization_scores,
-                                            symmetric_infonce, time_contrastive_loss,
-                                            upsample_heatmaps)
+                                            lvs_localization_loss, symmetric_infonce,
+                                            time_contrastive_loss, upsample_heatmaps)
 from mmjax.train.trainer import train
 
 
@@ -65,6 +65,26 @@ def test_localization_scores_against_a_loop():
                              expected, rtol=1e-5)
 
 
+def test_lvs_localization_loss_against_a_loop():
+  rng = np.random.default_rng(4)
+  audio, patches = _unit(rng.normal(size=(3, 4))), _unit(rng.normal(size=(3, 2, 5, 4)))
+  eps, eps_neg, tau_mask, temperature = 0.3, -0.1, 0.2, 0.5
+  sigmoid = lambda x: 1 / (1 + np.exp(-x))
+  losses_ = []
+  for i in range(3):
+    for t in range(2):
+      def region(j, negative=False):
+        values = np.array([audio[i] @ patches[j, t, n] for n in range(5)])
+        weights = (1 - sigmoid((values - eps_neg) / tau_mask)) if negative else \
+            sigmoid((values - eps) / tau_mask)
+        return np.sum(weights * values) / np.sum(weights)
+      logits = [region(i), region(i, negative=True)] + [region(j) for j in range(3) if j != i]
+      losses_.append(-_log_softmax(np.array(logits) / temperature)[0])
+  np.testing.assert_allclose(
+      lvs_localization_loss(jnp.asarray(audio, jnp.float32), jnp.asarray(patches, jnp.float32),
+                            temperature, eps, eps_neg, tau_mask), np.mean(losses_), rtol=1e-5)
+
+
 def test_heatmaps_are_row_major_patch_grids():
   heatmap = np.zeros((1, 2, 16), np.float32)
   heatmap[0, 1, 2 * 4 + 3] = 1.0  # frame 1, patch row 2, column 3
@@ -87,8 +107,32 @@ def test_a_tiny_run_trains_and_reports_every_metric(tmp_path):
   config = apply_overrides(load_config(ROOT / "configs" / "av_shapeworld.py"), TINY)
   result = train(config, tmp_path / "run", devices=jax.devices()[:1], progress=False)
   expected = {"v2a_r@1", "a2v_r@1", "correspondence_accuracy", "ciou@0.5", "auc", "mean_ciou",
-              "pointing", "baseline_ciou@0.5", "baseline_auc", "sync_acc", "sync_acc_1"}
+              "pointing", "baseline_ciou@0.5", "baseline_auc", "sync_acc", "sync_acc_1",
+              "ciou@0.5_bound"}
   assert expected <= set(result.eval_metrics), sorted(result.eval_metrics)
+  per_offset = {k for k in result.eval_metrics if k.startswith("sync_acc_1_offset")}
+  assert per_offset and per_offset <= {f"sync_acc_1_offset{o:+d}" for o in range(-3, 4)}
+
+
+def test_the_per_time_terms_use_the_sync_head_and_its_temperature():
+  from mmjax.train.tasks import get_task_class
+  config = apply_overrides(load_config(ROOT / "configs" / "av_sync_shapeworld.py"), TINY)
+  task = get_task_class(config.task)(config)
+  params = jax.tree.map(jnp.asarray, task.init_params(jax.random.key(0)))
+  params = dict(params, sync_logit_scale=jnp.float32(np.log(1 / 0.3)))
+  rng = np.random.default_rng(3)
+  batch = {"audio": jnp.asarray(rng.uniform(-0.5, 0.5, (4, 16000)), jnp.float32),
+           "frames": jnp.asarray(rng.uniform(0, 1, (4, 8, 32, 32, 3)), jnp.float32),
+           "offset": jnp.asarray([0, 1, -2, 3])}
+  loss, logged = task.loss_fn(params, batch, None)
+  out = task.model.apply({"params": params}, task.log_mel(batch["audio"]), batch["frames"])
+  expected = time_contrastive_loss(out["audio_time"], out["video_time"], 0.3, batch["offset"])
+  np.testing.assert_allclose(logged["loss_time_contrastive"], expected, rtol=1e-5)
+  np.testing.assert_allclose(logged["sync_temperature"], 0.3, rtol=1e-5)
+  total = (config.loss.correspondence * logged["loss_correspondence"]
+           + config.loss.time_contrastive * expected
+           + config.loss.alignment * logged["loss_alignment"])
+  np.testing.assert_allclose(loss, total, rtol=1e-5)
 
 
 def test_bad_settings_are_named():
@@ -97,5 +141,7 @@ def test_bad_settings_are_named():
                            TINY + ["audio.frames=80"])
   with pytest.raises(ValueError, match="audio.frames=80 but 16000 samples give only 65"):
     get_task_class(config.task)(config)
-  with pytest.raises(ValueError, match="variant must be one of"):
-    load_config(f"{ROOT / 'configs' / 'av_shapeworld.py'}:lipreading")
+  config = apply_overrides(load_config(ROOT / "configs" / "av_shapeworld.py"), TINY)
+  config.loss.lipreading = 1.0
+  with pytest.raises(ValueError, match=r"loss has unknown terms \['lipreading'\]"):
+    get_task_class(config.task)(config)

@@ -13,6 +13,12 @@ weighted terms (`config.loss`), each the seed's formula:
   localization     LVS-style multiple-instance contrastive: S_loc(a_i, v_j) = mean_t max_n
                    cos(a_i, patch_{j,t,n}), InfoNCE over the batch, so the patches of the
                    sounding object are the ones that answer the sound.
+  lvs_localization LVS's "hard way" loss (Chen et al. 2021), per frame: the soft region where
+                   the clip's own map exceeds `lvs.epsilon` is the positive, the region below
+                   `lvs.epsilon_negative` a hard negative from the same frame, the other
+                   clips' maps (over their own soft regions) easy negatives
+                   (`lvs_localization_loss`); it trains the maps to be high on the sounding
+                   object and low on everything else, which the median-binarised cIoU rewards.
 
 Evaluation (`evaluate`), on the "test" split (all colour-shape pairs; the held-out ones, never in
 "train", reported apart with the suffix `_heldout`):
@@ -21,9 +27,14 @@ Evaluation (`evaluate`), on the "test" split (all colour-shape pairs; the held-o
   ciou@0.5, auc, mean_ciou, pointing  localisation maps (upsampled to the image) against the
                              sounding objects' boxes, per frame (`mmjax.metrics.localization`);
                              the same for a centre-box baseline (`baseline_*`);
+  ciou@0.5_bound             the share of frames where a map with distinct values can reach
+                             cIoU >= 0.5 at all (`metrics.best_ciou_of_distinct_maps`): the
+                             ceiling of ciou@0.5 for continuous maps;
   sync_acc, sync_acc_1       offsets in [-K, K] recovered exactly / within one frame from the
                              per-time features (`mmjax.metrics.av_sync`), on clips whose audio
-                             lags the video by a known offset (`eval.sync_max_offset` = K).
+                             lags the video by a known offset (`eval.sync_max_offset` = K);
+                             sync_acc_1_offset{o:+d}: within one frame, on the clips of true
+                             offset o alone.
 """
 from __future__ import annotations
 
@@ -46,7 +57,10 @@ from mmjax.train import sharding
 from mmjax.train.evaluators.chunked import predict_in_chunks
 from mmjax.train.tasks.base import Task
 
-LOSS_TERMS = ("correspondence", "time_contrastive", "alignment", "localization")
+LOSS_TERMS = ("correspondence", "time_contrastive", "alignment", "localization",
+              "lvs_localization")
+# LVS's settings for cosine maps: region thresholds and the sigmoid's temperature.
+LVS_DEFAULTS = dict(epsilon=0.65, epsilon_negative=0.4, mask_temperature=0.03)
 
 
 def av_source(data: Any, split: str, length: int, **overrides) -> ShapeWorldAV:
@@ -134,6 +148,39 @@ def localization_scores(audio_emb: jax.Array, patch_emb: jax.Array) -> jax.Array
   return jnp.einsum("ie,jtne->ijtn", audio_emb, patch_emb).max(-1).mean(-1)
 
 
+def lvs_localization_loss(audio_emb: jax.Array, patch_emb: jax.Array, temperature: jax.Array,
+                          epsilon: float, epsilon_negative: float,
+                          mask_temperature: float) -> jax.Array:
+  """LVS's hard-negative localisation loss, averaged over clips and frames.
+
+  With A[i, j, t] the map of sound i on frame t of clip j (cos(a_i, patch_{j,t,n}) over the N
+  patches) and soft masks pos(x) = sigmoid((x - epsilon) / mask_temperature), neg(x) = 1 -
+  sigmoid((x - epsilon_negative) / mask_temperature), the logits of sound i on frame t are
+    positive      <pos(A_iit), A_iit> / sum pos(A_iit)               (its own sounding region)
+    hard negative <neg(A_iit), A_iit> / sum neg(A_iit)               (its own frame's background)
+    easy, j != i  <pos(A_ijt), A_ijt> / sum pos(A_ijt)               (other clips' best region)
+  all divided by `temperature`; the loss is the cross-entropy with the positive as the target.
+
+  Args:
+    audio_emb: normalised `[B, E]`; patch_emb: normalised `[B, T, N, E]`.
+  """
+  maps = jnp.einsum("ie,jtne->ijtn", audio_emb, patch_emb)          # [B, B, T, N]
+  soft = lambda x, eps: jax.nn.sigmoid((x - eps) / mask_temperature)
+  region_mean = lambda weights, values: (jnp.sum(weights * values, -1)
+                                         / jnp.maximum(jnp.sum(weights, -1), 1e-6))
+  regions = region_mean(soft(maps, epsilon), maps)                   # [B, B, T]
+  own = jnp.einsum("iitn->itn", maps)                                # [B, T, N]
+  hard = region_mean(1.0 - soft(own, epsilon_negative), own)         # [B, T]
+  batch = maps.shape[0]
+  positive = jnp.einsum("iit->it", regions)                          # [B, T]
+  logits = jnp.concatenate([positive[:, None], hard[:, None], regions], axis=1) / temperature
+  # Clip i's own region is the positive, not an easy negative. Masked after the division, so
+  # no -inf meets the temperature's gradient.
+  own_column = jnp.pad(jnp.eye(batch, dtype=bool), ((0, 0), (2, 0)))[..., None]
+  logits = jnp.where(own_column, -jnp.inf, logits)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
+
+
 def upsample_heatmaps(heatmap: jax.Array, image_size: int) -> jax.Array:
   """`[B, T, N]` patch-grid maps (N = g * g, row-major) -> bilinear `[B * T, S, S]` maps."""
   batch, frames, n = heatmap.shape
@@ -160,6 +207,10 @@ class AudioVisualTask(Task):
     if frames < cfg.frames:
       raise ValueError(f"audio.frames={cfg.frames} but {samples} samples give only {frames} "
                        f"STFT frames at n_fft={cfg.n_fft}, hop_length={cfg.hop_length}")
+    unknown = sorted(set(config.get("lvs", {})) - set(LVS_DEFAULTS))
+    if unknown:
+      raise ValueError(f"lvs has unknown settings {unknown}; settings are {sorted(LVS_DEFAULTS)}")
+    self.lvs_settings = {**LVS_DEFAULTS, **config.get("lvs", {})}
     self._eval_cache = None
 
   @property
@@ -211,16 +262,23 @@ class AudioVisualTask(Task):
     if weights.get("correspondence", 0.0):
       terms["correspondence"] = losses.clip_loss(out["audio_emb"], out["video_emb"], temperature)
     if weights.get("time_contrastive", 0.0):
+      sync_temperature = jnp.exp(-out.get("sync_logit_scale", out["logit_scale"]))
       terms["time_contrastive"] = time_contrastive_loss(out["audio_time"], out["video_time"],
-                                                        temperature, batch["offset"])
+                                                        sync_temperature, batch["offset"])
     if weights.get("alignment", 0.0):
       terms["alignment"] = alignment_loss(out["audio_time"], out["video_time"], batch["offset"])
     if weights.get("localization", 0.0):
       scores = localization_scores(out["audio_emb"], out["patch_emb"])
       terms["localization"] = symmetric_infonce(scores / temperature)
+    if weights.get("lvs_localization", 0.0):
+      terms["lvs_localization"] = lvs_localization_loss(
+          out["audio_emb"], out["patch_emb"], temperature, **self.lvs_settings)
     loss = sum(weights[name] * value for name, value in terms.items())
-    return loss, {**{f"loss_{name}": value for name, value in terms.items()},
-                  "temperature": temperature}
+    logged = {**{f"loss_{name}": value for name, value in terms.items()},
+              "temperature": temperature}
+    if "sync_logit_scale" in out:
+      logged["sync_temperature"] = jnp.exp(-out["sync_logit_scale"])
+    return loss, logged
 
   # -- evaluation -----------------------------------------------------------------------------
 
@@ -284,6 +342,11 @@ class AudioVisualTask(Task):
     results["sync_acc"] = float(metrics.sync_accuracy(predicted, data["sync_offset"]))
     results["sync_acc_1"] = float(metrics.sync_accuracy(predicted, data["sync_offset"],
                                                         tolerance=1))
+    for offset in range(-cfg.sync_max_offset, cfg.sync_max_offset + 1):
+      chosen = data["sync_offset"] == offset
+      if chosen.any():  # Far offsets overlap in fewer frames: the accuracy per true offset.
+        results[f"sync_acc_1_offset{offset:+d}"] = float(metrics.sync_accuracy(
+            predicted[chosen], data["sync_offset"][chosen], tolerance=1))
     return results
 
   def _localization(self, heatmap: np.ndarray, data: dict, heldout: np.ndarray) -> dict:
@@ -306,4 +369,8 @@ class AudioVisualTask(Task):
         results.update({f"{name}{key}{suffix}": float(value) for key, value in summary.items()})
         results[f"{name}pointing{suffix}"] = float(metrics.pointing_accuracy(
             heatmaps[keep], masks[keep]))
+    best = np.asarray(metrics.best_ciou_of_distinct_maps(masks))
+    for suffix, keep in (("", ~frame_heldout), ("_heldout", frame_heldout)):
+      if keep.any():  # The most ciou@0.5 any continuous map can reach on these frames.
+        results[f"ciou@0.5_bound{suffix}"] = float(np.mean(best[keep] >= 0.5))
     return results
