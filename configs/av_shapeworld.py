@@ -4,10 +4,11 @@
 
 One model, one run, all three systems: the loss sums the correspondence InfoNCE over the batch,
 a per-time InfoNCE within each clip (for synchronisation), the seed's alignment loss and the
-LVS-style localisation term (mmjax/train/tasks/audio_visual.py). Variants:
-  configs/av_shapeworld.py:correspondence   the clip-level loss only
-  configs/av_shapeworld.py:localization     correspondence + localisation
-  configs/av_shapeworld.py:sync             correspondence + per-time terms
+LVS-style localisation term (mmjax/train/tasks/audio_visual.py). One system per config, each
+derived from this one:
+  configs/av_correspondence_shapeworld.py   the clip-level loss only
+  configs/av_localisation_shapeworld.py     correspondence + localisation, 8 x 8 maps
+  configs/av_sync_shapeworld.py             correspondence + per-time terms, own sync head
 Clips: 8 frames of 32 px and 1 s of 16 kHz audio, 1-2 objects, a quarter of them silent, larger
 than ShapeWorld's (a continuous map cut at its median covers half the frame, so LVS's cIoU can
 reach 0.5 only for boxes covering a quarter of it; ShapeWorld's objects are smaller); the
@@ -20,17 +21,7 @@ import ml_collections
 
 import common
 
-VARIANTS = {
-    "": dict(correspondence=1.0, time_contrastive=0.5, alignment=0.1, localization=0.5),
-    "correspondence": dict(correspondence=1.0),
-    "localization": dict(correspondence=1.0, localization=0.5),
-    "sync": dict(correspondence=1.0, time_contrastive=0.5, alignment=0.1),
-}
-
-
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+def get_config() -> ml_collections.ConfigDict:
   c = common.trainer("audio_visual", batch_size=64, total_steps=800, eval_every=200,
                      checkpoint_every=400)
   c.data = ml_collections.ConfigDict(dict(
@@ -48,7 +39,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                          num_layers=2, num_heads=4, mlp_ratio=2.0),
       video_encoder=dict(name="video_transformer", patch_size=8, width=width, num_layers=2,
                          num_heads=4, mlp_ratio=2.0, temporal_layers=1, max_frames=8)))
-  c.loss = ml_collections.ConfigDict(VARIANTS[variant])
+  c.loss = ml_collections.ConfigDict(dict(correspondence=1.0, time_contrastive=0.5,
+                                          alignment=0.1, localization=0.5))
   c.optim = common.adamw(1e-3)
   c.eval = ml_collections.ConfigDict(dict(num_clips=500, num_sync_clips=300, sync_max_offset=3,
                                           batch_size=100))

@@ -79,7 +79,8 @@ def test_every_config_derives_from_common_and_documents_its_command(path):
   docstring = ast.get_docstring(tree)
   assert docstring and f"--config configs/{path.name}" in docstring
   imported = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
-  assert imported & {"common", "t2i_shapeworld", "clip_shapeworld", "caption_shapeworld"}, imported
+  assert imported & {"common", "t2i_shapeworld", "clip_shapeworld", "caption_shapeworld",
+                      "av_shapeworld"}, imported
   assert "load_config" not in path.read_text()  # parents are imported, not loaded by path
 
 
