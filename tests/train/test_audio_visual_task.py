@@ -1,5 +1,6 @@
 """The audio-visual task: its loss terms against numpy transcriptions (and clip_loss), the heatmap
 layout, and a tiny run that trains and reports every metric on ShapeWorld-AV."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,3 +146,35 @@ def test_bad_settings_are_named():
   config.loss.lipreading = 1.0
   with pytest.raises(ValueError, match=r"loss has unknown terms \['lipreading'\]"):
     get_task_class(config.task)(config)
+
+
+def test_every_loss_term_on_a_2x2x2_mesh_equals_one_device():
+  """The batch split over data x fsdp and the parameters over fsdp x tensor (the trainer's
+  shardings): every AV loss term, the clip-level InfoNCE over the whole batch included, equals
+  its one-device value."""
+  from mmjax.train import sharding
+  from mmjax.train.tasks import get_task_class
+  assert len(jax.devices()) == 8, "tests/conftest.py should give 8 CPU devices"
+  config = apply_overrides(load_config(ROOT / "configs" / "av_sync_shapeworld.py"), TINY)
+  config.loss = dict(correspondence=1.0, time_contrastive=1.0, alignment=0.1,
+                     localization=0.5, lvs_localization=0.5)
+  task = get_task_class(config.task)(config)
+  boxed = task.init_params(jax.random.key(0))
+  params = jax.tree.map(np.asarray, nn.meta.unbox(boxed))
+  rng = np.random.default_rng(5)
+  batch = {"audio": rng.uniform(-0.5, 0.5, (8, 16000)).astype(np.float32),
+           "frames": rng.uniform(0, 1, (8, 8, 32, 32, 3)).astype(np.float32),
+           "offset": np.array([0, 1, -2, 3, -3, 2, -1, 0], np.int32)}
+  loss_fn = jax.jit(lambda p, b: task.loss_fn(p, b, None))
+  one = jax.device_put((params, batch), jax.devices()[0])
+  expected_loss, expected_terms = loss_fn(*one)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  shardings = sharding.logical_shardings(jax.eval_shape(lambda: boxed), mesh)
+  sharded_params = jax.device_put(params, shardings)
+  sharded_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  assert sharded_batch["audio"].addressable_shards[0].data.shape == (2, 16000)
+  loss, terms = loss_fn(sharded_params, sharded_batch)
+  assert set(terms) >= {f"loss_{name}" for name in config.loss}
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+  for name, value in expected_terms.items():
+    np.testing.assert_allclose(terms[name], value, rtol=1e-5, err_msg=name)

@@ -21,7 +21,7 @@ weighted terms (`config.loss`), each the seed's formula:
                    object and low on everything else, which the median-binarised cIoU rewards.
 
 Evaluation (`evaluate`), on the "test" split (all colour-shape pairs; the held-out ones, never in
-"train", reported apart with the suffix `_heldout`):
+"train", reported apart with the suffix `_heldout`; num_clips / num_clips_heldout count them):
   a2v_r@K / v2a_r@K          retrieval of the matching clip by audio and by video;
   correspondence_accuracy    share of clips whose S(a_i, v_i) beats a mismatched S(a_i, v_j);
   ciou@0.5, auc, mean_ciou, pointing  localisation maps (upsampled to the image) against the
@@ -331,6 +331,8 @@ class AudioVisualTask(Task):
     n = len(sim)
     matched_wins = sim[np.arange(n), np.arange(n)] > sim[np.arange(n), (np.arange(n) + 1) % n]
     heldout = data["heldout"]
+    results["num_clips"], results["num_clips_heldout"] = float((~heldout).sum()), float(
+        heldout.sum())
     results["correspondence_accuracy"] = float(matched_wins[~heldout].mean())
     if heldout.any():
       results["correspondence_accuracy_heldout"] = float(matched_wins[heldout].mean())
