@@ -125,8 +125,9 @@ def test_the_per_time_terms_use_the_sync_head_and_its_temperature():
   batch = {"audio": jnp.asarray(rng.uniform(-0.5, 0.5, (4, 16000)), jnp.float32),
            "frames": jnp.asarray(rng.uniform(0, 1, (4, 8, 32, 32, 3)), jnp.float32),
            "offset": jnp.asarray([0, 1, -2, 3])}
-  loss, logged = task.loss_fn(params, batch, None)
-  out = task.model.apply({"params": params}, task.log_mel(batch["audio"]), batch["frames"])
+  loss, logged = jax.jit(lambda p, b: task.loss_fn(p, b, None))(params, batch)
+  out = jax.jit(lambda p, b: task.model.apply({"params": p}, task.log_mel(b["audio"]),
+                                              b["frames"]))(params, batch)
   expected = time_contrastive_loss(out["audio_time"], out["video_time"], 0.3, batch["offset"])
   np.testing.assert_allclose(logged["loss_time_contrastive"], expected, rtol=1e-5)
   np.testing.assert_allclose(logged["sync_temperature"], 0.3, rtol=1e-5)
