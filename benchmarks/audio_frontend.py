@@ -10,10 +10,11 @@ CPU. Rows: Whisper-like speech features (n_fft=400, hop 160, 80 mels) and libros
 - librosa, per clip: the same two calls in a loop over the 64 clips, as a data loader would.
 The last column is the largest |dB| difference of mmjax's features from librosa per clip.
 
-  python benchmarks/audio_frontend.py              # prints the table; writes nothing
-  python benchmarks/audio_frontend.py --repeats 5
+  python benchmarks/audio_frontend.py              # the table, into benchmarks/README.md
+  python benchmarks/audio_frontend.py --no-write   # print only
 
-Only prints: the lead copies the table into benchmarks/README.md after a run on an idle machine.
+The README section is written only from an idle machine (`_report.write_section`, which adds
+the measured load; `--allow-loaded` writes it marked as measured under load).
 """
 import argparse
 import functools
@@ -115,10 +116,12 @@ def table(results) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=10)
-  args = parser.parse_args()
+  parser.add_argument("--no-write", action="store_true", help="print only, keep README.md")
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from _report import LoadWatch  # pylint: disable=import-outside-toplevel
+  from _report import LoadWatch, add_load_argument  # pylint: disable=import-outside-toplevel
+  add_load_argument(parser)
+  args = parser.parse_args()
   load = LoadWatch()
   clips = make_clips()
   results = {}
@@ -132,11 +135,12 @@ def main() -> None:
     print(name, {impl: round(r["seconds"], 4) for impl, r in results[name].items()},
           flush=True)
   load.finish()
-  print(table(results))
-  status = ("idle" if load.idle else "NOT idle: measured beside other jobs, so these figures "
-            "are not a result")
-  print(f"Load: 1-minute load average {load.before:.2f} before and {load.after:.2f} after the "
-        f"run ({status}).")
+  markdown = table(results)
+  print(markdown)
+  print(load.line())
+  if not args.no_write:
+    from _report import write_section  # pylint: disable=import-outside-toplevel
+    write_section("audio_frontend", markdown, load, args.allow_loaded)
 
 
 if __name__ == "__main__":
