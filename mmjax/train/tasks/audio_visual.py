@@ -53,7 +53,6 @@ from mmjax.data.shapeworld_av import ShapeWorldAV
 from mmjax.data.shapeworld_inputs import bad_example_options
 from mmjax.models import build_model
 from mmjax.models.audio_visual import AudioVisual
-from mmjax.train import sharding
 from mmjax.train.evaluators.chunked import predict_in_chunks
 from mmjax.train.tasks.base import Task
 
