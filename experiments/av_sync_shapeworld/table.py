@@ -5,6 +5,8 @@ copied from the run's eval/ folder), plotted to `snr_curve.png`.
   mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync
   mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_deeper_video \
       --config.model.video_encoder.num_layers=3 --config.model.video_encoder.temporal_layers=2
+  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_wide_offsets \
+      --config.data.offset_frames='(-5, 5)'
   for snr in 20 10 5 0 -5 -10; do
     mmjax eval --config configs/av_sync_shapeworld.py --workdir runs/av_sync \
         --config.data.snr_db=$snr
@@ -49,6 +51,7 @@ def training_table(name: str):
 def main():
   training_table("metrics.jsonl")
   training_table("metrics_deeper_video.jsonl")
+  training_table("metrics_wide_offsets.jsonl")
   records = [json.loads(p.read_text()) for p in sorted(HERE.glob("eval_snr*.json"))]
   if not records:
     raise SystemExit(f"no eval_snr*.json in {HERE}: run the mmjax eval commands above first")
