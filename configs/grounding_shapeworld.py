@@ -41,6 +41,9 @@ def get_config(head: str = "regression") -> ml_collections.ConfigDict:
     # The causal decoder reads BOS + expression and emits the 4 quantised corners.
     c.model = ml_collections.ConfigDict(common.captioner(**settings))
     c.num_bins = 32  # coordinate tokens per axis
+    # Width in bins of each coordinate's Gaussian target (0: one-hot cross-entropy): 600 steps
+    # reach acc@0.5 0.366 at 2.0, 0.344 at 1.0 and 0.162 one-hot (experiments/grounding_shapeworld).
+    c.bin_sigma = 2.0
 
   # Warm start (mmjax/train/warm_start.py): --config.init_from.workdir=runs/clip copies the image
   # tower of a trained configs/clip_shapeworld.py run (same ViT) into this model before step 0.

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.tasks = ml_collections.ConfigDict(dict(caption=1.0, vqa=1.0, grounding=1.0))
   c.loss_weights = ml_collections.ConfigDict(dict(caption=1.0, vqa=1.0, grounding=1.0))
   c.num_bins = grounding.num_bins  # location bins per axis, last in the vocabulary
+  c.bin_sigma = grounding.bin_sigma  # Gaussian width of the bins' targets (0: one-hot)
 
   d = vqa.model
   c.model = ml_collections.ConfigDict(dict(

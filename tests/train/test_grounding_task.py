@@ -92,6 +92,25 @@ def test_tokens_head_trains_and_decodes_only_coordinates():
   (loss, metrics), grads = fast_jit(task.loss_and_grad)(params, batch, jax.random.key(1))
   assert np.isfinite(loss) and 0 <= metrics["coordinate_accuracy"] <= 1
   assert np.isfinite(np.asarray(jax.tree.leaves(grads)[0])).all()
+  # bin_sigma: the 4 box targets get Gaussian targets over the bins, the EOS its one-hot.
+  soft = GroundingTask(tiny_config("eval.num_examples=8", "bin_sigma=0.8", head="tokens"))
+  soft_loss, _ = fast_jit(soft.loss_fn)(params, batch, None)
+  logits = np.asarray(task.model.apply({"params": params}, batch["image"], batch["tokens"]),
+                      np.float64)
+  log_p = logits - logits.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  nll, count = 0.0, 0
+  for r in rows:
+    start = data["prompt_length"][r]
+    for j in range(start, start + 5):   # x0 y0 x1 y1, then EOS
+      target, given = data["tokens"][r, j], log_p[r, j - 1]
+      if target >= v:
+        q = np.exp(-(np.arange(bins) - (target - v)) ** 2 / (2 * 0.8 ** 2))
+        nll -= (q / q.sum() * given[v:]).sum()
+      else:
+        nll -= given[target]
+      count += 1
+  assert float(soft_loss) == pytest.approx(nll / count, rel=1e-5)
   boxes = task.predict(params, _mesh())
   bins_used = boxes * bins - 0.5  # bin centres only
   np.testing.assert_allclose(bins_used, np.round(bins_used), atol=1e-4)

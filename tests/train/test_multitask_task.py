@@ -105,8 +105,10 @@ def _batch(task, count=8):
   return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
-def _numpy_loss(logits, tokens, tasks, weights, pad_id=0):
-  """sum_t lambda_t mean_{target tokens of task t's rows} NLL, in float64."""
+def _numpy_loss(logits, tokens, tasks, weights, pad_id=0, first_bin=None, num_bins=0,
+                sigma=0.0):
+  """sum_t lambda_t mean_{target tokens of task t's rows} NLL, in float64; with sigma > 0 a
+  bin target k is the Gaussian exp(-(j - k)^2 / 2 sigma^2) over the bins j, normalised."""
   logits = np.asarray(logits, np.float64)
   log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
                                                                                keepdims=True))
@@ -116,16 +118,22 @@ def _numpy_loss(logits, tokens, tasks, weights, pad_id=0):
     nll, count = 0.0, 0
     for r in np.flatnonzero(tasks == t):
       for j in range(tokens.shape[1] - 1):
-        if tokens[r, j + 1] != pad_id:
-          nll -= log_probs[r, j, tokens[r, j + 1]]
-          count += 1
+        target = tokens[r, j + 1]
+        if target == pad_id:
+          continue
+        if sigma > 0 and first_bin <= target < first_bin + num_bins:
+          q = np.exp(-(np.arange(num_bins) - (target - first_bin)) ** 2 / (2 * sigma ** 2))
+          nll -= (q / q.sum() * log_probs[r, j, first_bin:first_bin + num_bins]).sum()
+        else:
+          nll -= log_probs[r, j, target]
+        count += 1
     losses.append(nll / max(count, 1))
   return float(np.dot(weights, losses)), losses
 
 
 def test_the_loss_is_the_lambda_weighted_sum_of_per_task_means():
   task = MultiTask(tiny_config("loss_weights.caption=1.0", "loss_weights.vqa=2.0",
-                               "loss_weights.grounding=0.5"))
+                               "loss_weights.grounding=0.5", "bin_sigma=0.0"))  # one-hot bins
   params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
   batch = _batch(task)
   loss, metrics = fast_jit(task.loss_fn)(params, batch, None)
@@ -141,6 +149,27 @@ def test_the_loss_is_the_lambda_weighted_sum_of_per_task_means():
   vqa_only = {**batch, "task": np.full_like(batch["task"], TASKS.index("vqa"))}
   loss, metrics = fast_jit(task.loss_fn)(params, vqa_only, None)
   assert float(metrics["loss_caption"]) == 0.0 and np.isfinite(float(loss))
+
+
+def test_gaussian_bin_targets_apply_to_the_grounding_bins_only():
+  task = MultiTask(tiny_config("bin_sigma=1.5", "tasks.grounding=3.0"))
+  params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
+  batch = _batch(task)
+  loss, metrics = fast_jit(task.loss_fn)(params, batch, None)
+  flat = lambda x: x.reshape(-1, *x.shape[2:])
+  logits = task.model.apply({"params": params}, batch["image"], flat(batch["instruction"]),
+                            flat(batch["tokens"]))
+  args = (logits, flat(batch["tokens"]), flat(batch["task"]), [1.0, 1.0, 1.0])
+  expected, per_task = _numpy_loss(*args, first_bin=task.word_vocab_size, num_bins=8,
+                                   sigma=1.5)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  _, one_hot = _numpy_loss(*args)
+  g = TASKS.index("grounding")
+  assert float(metrics["loss_grounding"]) == pytest.approx(per_task[g], rel=1e-5)
+  assert abs(per_task[g] - one_hot[g]) > 1e-2   # the soft targets changed the grounding loss
+  for t, name in enumerate(TASKS):
+    if t != g:
+      assert float(metrics[f"loss_{name}"]) == pytest.approx(one_hot[t], rel=1e-5)
 
 
 def test_sharded_loss_equals_single_device():

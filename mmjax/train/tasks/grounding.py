@@ -9,6 +9,8 @@ The model (`config.model.name`, see `configs/grounding_shapeworld.py`) is the he
     of the loss; boxes by greedy decoding restricted to coordinate tokens (`CoordinateDecoder`).
   "unified_decoder" (the tokens head on the LLaVA-style `UnifiedDecoder`: image tokens first,
     then the same rows, in one causal transformer).
+  The tokens heads' coordinate targets are one-hot, or Gaussians of `bin_sigma` bins
+  (`mmjax.losses.coordinate_tokens`).
 
 Every row is an image's `referring` expression and its `referring_box` (x0, y0, x1, y1) in
 [0, 1]. `evaluate` predicts the boxes of the first `eval.num_examples` test images and reports
@@ -40,6 +42,15 @@ from mmjax.train.tasks.base import Task
 HEADS = {"regression_grounder": "regression", "captioner": "tokens",
          "unified_decoder": "tokens"}
 IOU_THRESHOLDS = (0.5, 0.75)
+
+
+def checked_bin_sigma(config: ml_collections.ConfigDict) -> float:
+  """`config.bin_sigma` (0 when absent: one-hot coordinate targets), checked to be >= 0."""
+  sigma = float(config.get("bin_sigma", 0.0))
+  if sigma < 0:
+    raise ValueError(f"bin_sigma (the coordinate targets' Gaussian width in bins) must be >= 0, "
+                     f"got {sigma}")
+  return sigma
 
 
 class _LoadReferring:
@@ -97,6 +108,7 @@ class GroundingTask(Task):
       self.num_bins = int(config.num_bins)
       if self.num_bins < 2:
         raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
+      self.bin_sigma = checked_bin_sigma(config)
       self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size + self.num_bins,
                                 max_length=length)
     else:
@@ -149,7 +161,8 @@ class GroundingTask(Task):
       return loss, {**parts, "iou": iou.mean()}
     tokens = batch["tokens"]
     logits = self._model.apply({"params": params}, batch["image"], tokens)
-    loss = caption_loss(logits, tokens, self.tokenizer.pad_id, batch["prompt_mask"])
+    loss = caption_loss(logits, tokens, self.tokenizer.pad_id, batch["prompt_mask"],
+                        self.tokenizer.vocab_size, self.num_bins, self.bin_sigma)
     # Teacher-forced argmax at the 4 box steps (over the whole vocabulary).
     steps = batch["prompt_length"][:, None] - 1 + jnp.arange(NUM_BOX_TOKENS)   # [B, 4]
     predicted = jnp.take_along_axis(jnp.argmax(logits, -1), steps, axis=1)

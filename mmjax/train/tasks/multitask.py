@@ -16,7 +16,8 @@ location bins (bins last, as `mmjax.models.grounding`'s coordinate tokens). The 
 
     L = sum_t lambda_t L_t,   L_t = mean next-token NLL over the target tokens of task t's rows
 
-with lambda_t = `config.loss_weights[t]` (a task without rows in a batch adds 0).
+with lambda_t = `config.loss_weights[t]` (a task without rows in a batch adds 0). Bin targets
+are one-hot, or Gaussians of `config.bin_sigma` bins (`mmjax.losses.coordinate_tokens`).
 
 `evaluate` runs the dedicated tasks' evaluators on the same test images they use: captions of
 the first `eval.num_images` (greedy, words only) by BLEU-4 / CIDEr-D / attributes; all 5
@@ -43,6 +44,7 @@ from mmjax.data.shapeworld_inputs import check_images, check_tokens, example_tra
     shapeworld_source
 from mmjax.data.shapeworld_text import VOCAB
 from mmjax.data.tokenizer import WordTokenizer
+from mmjax.losses.coordinate_tokens import token_nll
 from mmjax.models import build_model
 from mmjax.models.grounding import CoordinateDecoder, quantize_coordinates
 from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer
@@ -50,7 +52,7 @@ from mmjax.train.evaluators import (CaptioningEvaluator, GroundingEvaluator, VQA
                                     prefixed_results)
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
-from mmjax.train.tasks.grounding import IOU_THRESHOLDS
+from mmjax.train.tasks.grounding import IOU_THRESHOLDS, checked_bin_sigma
 from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
 
 TASKS = ("caption", "vqa", "grounding")
@@ -161,6 +163,7 @@ class MultiTask(Task):
     self.num_bins = int(config.num_bins)
     if self.num_bins < 2:
       raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
+    self.bin_sigma = checked_bin_sigma(config)
     self.rows_per_image = int(config.data.rows_per_image)
     if self.rows_per_image < 1:
       raise ValueError(f"data.rows_per_image must be >= 1, got {self.rows_per_image}")
@@ -231,8 +234,8 @@ class MultiTask(Task):
     logits = self._model.apply({"params": params}, batch["image"], flat(batch["instruction"]),
                                tokens)
     targets = tokens[:, 1:]
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]        # [B, L-1]
+    nll = token_nll(logits, tokens, self.word_vocab_size, self.num_bins,
+                    self.bin_sigma)                                                # [B, L-1]
     valid = (targets != self.tokenizer.pad_id).astype(jnp.float32)
     of_task = (flat(batch["task"])[:, None] == jnp.arange(len(TASKS))).astype(jnp.float32)
     sums = jnp.einsum("rl,rt->t", nll * valid, of_task)                            # [tasks]
