@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
                                   context_length=112)
   c.data.images_per_row = IMAGES_PER_ROW
   c.data.row_kinds = ml_collections.ConfigDict(dict(vqa=1.0, caption=1.0))
+  # Retrieval-built rows (mmjax/train/tasks/interleaved.py): the share of rows whose images are
+  # a query and its nearest train images by the frozen vision tower (needs init_from.vision),
+  # among the first pool_images; 0 keeps every row random.
+  c.data.rices_rows = ml_collections.ConfigDict(dict(fraction=0.0, pool_images=16384))
 
   text = lm.model
   c.model = ml_collections.ConfigDict(dict(

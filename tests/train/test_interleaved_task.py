@@ -296,3 +296,91 @@ def test_bad_input_fails_clearly():
     InterleavedTask(tiny_config("eval.shots=(2,2)"))
   with pytest.raises(ValueError, match="model.name must be 'flamingo'"):
     InterleavedTask(tiny_config("model.name=captioner"))
+
+
+def test_retrieval_rows_are_the_nearest_pool_images_nearest_last_asking_one_slot(task):
+  source = shapeworld_source(task.config.data, "train", 12)
+  images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+  neighbours = np.array([[(q + 1) % 6, (q + 3) % 6, (q + 4) % 6] for q in range(6)])  # pool 6
+  load = _LoadRow(source, task.codec, task.config, neighbours, rices_fraction=1.0)
+  eoc, seen_kinds = task.codec.eoc_id, set()
+  for position in range(12):
+    index = position % len(source)
+    row = load(position, index)
+    query = index % 6
+    expected = [neighbours[query, 1], neighbours[query, 0], query]  # images_per_row 3
+    for j, i in enumerate(expected):
+      np.testing.assert_array_equal(np.round(row["image"][j] * 255), images[i])
+    tokens = list(row["tokens"][row["tokens"] != task.tokenizer.pad_id])
+    starts = [i for i, t in enumerate(tokens) if t == task.codec.image_id]
+    ends = [i for i, t in enumerate(tokens) if t == eoc]
+    assert len(starts) == len(ends) == 3
+    chunks = [tokens[a + 1:b] for a, b in zip(starts, ends)]
+    slots = []
+    for chunk, i in zip(chunks, expected):
+      item = source[int(i)]
+      vqa = [s for s in range(5) if chunk == task.tokenizer.encode(
+          f"{item['questions'][s]} {item['answers'][s]}")]
+      captions = [c for c in item["captions"] if chunk == task.tokenizer.encode(c)]
+      assert vqa or captions
+      slots.append(vqa)
+      seen_kinds.add("vqa" if vqa else "caption")
+    if slots[0]:  # a VQA row: one slot shared by all its chunks
+      assert set.intersection(*map(set, slots)), slots
+  assert seen_kinds == {"vqa", "caption"}
+  # fraction 0: the random rows, draw for draw.
+  plain, off = _LoadRow(source, task.codec, task.config), _LoadRow(
+      source, task.codec, task.config, neighbours, rices_fraction=0.0)
+  for position in range(5):
+    a, b = plain(position, position), off(position, position)
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_pool_neighbours_exclude_the_row_itself_even_on_ties():
+  from mmjax.train.tasks.interleaved import pool_neighbours
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(9, 5)).astype(np.float32)
+  features[4] = features[7]  # a duplicate: 4 and 7 tie with each other and themselves
+  got = pool_neighbours(features, 3)
+  unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+  similarity = unit @ unit.T
+  for p in range(9):
+    assert p not in got[p]
+    others = [i for i in np.argsort(-similarity[p], kind="stable") if i != p]
+    np.testing.assert_allclose(similarity[p, got[p]], similarity[p, others[:3]], rtol=1e-5)
+  assert got[4, 0] == 7 and got[7, 0] == 4
+
+
+def test_training_neighbours_use_the_warm_started_tower(tmp_path):
+  """The neighbours of a run with retrieval rows are those of the source run's tower (here a
+  tiny Flamingo run's of another seed, so not this run's own initial tower, copied in by
+  init_from.vision), by hand."""
+  from mmjax.models import build_model
+  from mmjax.train.restore import restore_params
+  source_config = tiny_config("total_steps=1", "seed=1")
+  train(source_config, tmp_path / "source", devices=jax.devices()[:1], progress=False)
+  config = tiny_config("data.rices_rows.fraction=0.5", "data.rices_rows.pool_images=8",
+                       f"init_from.vision.workdir={tmp_path / 'source'}",
+                       "init_from.vision.params=('vision_encoder:vision_encoder',)")
+  task = InterleavedTask(config)
+  with pytest.raises(RuntimeError, match="set_mesh"):
+    task.training_neighbours()
+  task.set_mesh(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+  got = task.training_neighbours()
+  tower_params = restore_params(source_config, tmp_path / "source", devices=jax.devices()[:1],
+                                read_only=True).params["vision_encoder"]
+  tower = build_model(source_config.model.vision_encoder)
+  pool = shapeworld_source(config.data, "train", 8)
+  pooled = np.stack([np.asarray(tower.apply({"params": tower_params}, np.asarray(
+      pool[i]["image"], np.float32)[None] / 255)[1])[0] for i in range(8)])
+  pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+  similarity = pooled @ pooled.T
+  assert got.shape == (8, 2)
+  for p in range(8):
+    others = [i for i in np.argsort(-similarity[p], kind="stable") if i != p]
+    np.testing.assert_allclose(similarity[p, got[p]], similarity[p, others[:2]], atol=1e-5)
+  with pytest.raises(ValueError, match="init_from.vision.workdir"):
+    InterleavedTask(tiny_config("data.rices_rows.fraction=0.5")).training_neighbours()
+  with pytest.raises(ValueError, match="rices_rows.fraction must be in"):
+    InterleavedTask(tiny_config("data.rices_rows.fraction=1.5"))

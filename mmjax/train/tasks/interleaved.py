@@ -9,6 +9,15 @@ of one kind, drawn by the weights `data.row_kinds`:
   vqa      "<image> how many circles are there ? two <eoc>"  (a question of the image, its answer)
   caption  "<image> a red circle is left of a blue square . <eoc>"   (a caption of the image)
 
+With `data.rices_rows.fraction` > 0, that share of the rows is built by retrieval instead, as
+RICES builds the evaluation's prompts: a query image q of the first `data.rices_rows.pool_images`
+train images, after its `images_per_row - 1` nearest other pool images by the frozen vision
+tower (cosine of the pooled features, nearest last, next to q), every VQA chunk of the row
+asking its image the same question slot. Random rows show the model support that says nothing
+about the query, so it learns to ignore shots; these rows show it support that often does.
+The tower's weights are those `init_from.vision` copies in (Flamingo's tower is frozen, so the
+neighbours, computed once before step 0, stay right for the whole run).
+
 The loss is next-token cross-entropy over every token after BOS except the `<image>` tokens
 (the position of the next image is the data's, not the model's, to predict) and padding.
 
@@ -39,6 +48,7 @@ import functools
 import pathlib
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,11 +62,13 @@ from mmjax.data.shapeworld_text import shapeworld_tokenizer
 from mmjax.losses import caption_loss
 from mmjax.models import build_model
 from mmjax.models.vqa import SHAPEWORLD_ANSWERS, GenerativeAnswerer
+from mmjax.nearest_neighbours import top_k_neighbours
 from mmjax.train import sharding
 from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator, prefixed_results
 from mmjax.train.tasks.base import Task
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
 from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
+from mmjax.train.warm_start import active_sources, warm_start
 
 ROW_KINDS = ("vqa", "caption")
 NUM_NEW_TOKENS = 2  # <image>, <eoc>
@@ -87,34 +99,56 @@ class ChunkCodec:
     return out
 
 
-def chunk_text(item: dict, kind: str, rng: np.random.Generator) -> tuple[str, int]:
-  """(text, question slot or -1) of one chunk of `kind` for ShapeWorld `item`."""
+def chunk_text(item: dict, kind: str, rng: np.random.Generator,
+               slot: int | None = None) -> tuple[str, int]:
+  """(text, question slot or -1) of one chunk of `kind` for ShapeWorld `item`; a VQA chunk
+  asks the question in `slot`, or in a random one."""
   if kind == "vqa":
-    slot = int(rng.integers(QUESTIONS_PER_IMAGE))
+    slot = int(rng.integers(QUESTIONS_PER_IMAGE)) if slot is None else slot
     return f"{item['questions'][slot]} {item['answers'][slot]}", slot
   return item["captions"][int(rng.integers(len(item["captions"])))], -1
 
 
 class _LoadRow:
-  """(stream position, source index) -> image float32 `[M, H, W, 3]`, tokens int32 `[L]`."""
+  """(stream position, source index) -> image float32 `[M, H, W, 3]`, tokens int32 `[L]`.
 
-  def __init__(self, source, codec: ChunkCodec, config: ml_collections.ConfigDict):
+  With `neighbours` (int `[P, >= M - 1]`, each of the first P source images' nearest other
+  pool images, nearest first), a share `rices_fraction` of the rows is retrieval-built (the
+  module docstring); the rest, and every row without `neighbours`, are random.
+  """
+
+  def __init__(self, source, codec: ChunkCodec, config: ml_collections.ConfigDict,
+               neighbours: np.ndarray | None = None, rices_fraction: float = 0.0):
     self.source, self.codec = source, codec
     self.seed, self.length = config.seed, config.data.context_length
     self.images_per_row = config.data.images_per_row
     self.kind_weights = row_kind_weights(config.data.row_kinds)
     self.image_shape = (source.image_size, source.image_size, 3)
+    if neighbours is not None and (neighbours.ndim != 2 or
+                                   neighbours.shape[1] < self.images_per_row - 1):
+      raise ValueError(f"neighbours must be int [pool, >= data.images_per_row - 1 = "
+                       f"{self.images_per_row - 1}], got shape {neighbours.shape}")
+    self.neighbours, self.rices_fraction = neighbours, rices_fraction
 
   def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
     rng = pipeline.example_rng(self.seed, position // len(self.source), index, "interleaved")
     kind = ROW_KINDS[int(rng.choice(len(ROW_KINDS), p=self.kind_weights))]
-    indices = [index] + [int(i) for i in rng.integers(len(self.source),
-                                                      size=self.images_per_row - 1)]
+    slot = None
+    # The extra draw only when retrieval rows are on: random rows stay those of earlier runs.
+    if (self.neighbours is not None and self.rices_fraction > 0
+        and rng.random() < self.rices_fraction):
+      query = index % len(self.neighbours)
+      support = self.neighbours[query, :self.images_per_row - 1]
+      indices = [int(i) for i in support[::-1]] + [query]   # the nearest last, then the query
+      slot = int(rng.integers(QUESTIONS_PER_IMAGE))
+    else:
+      indices = [index] + [int(i) for i in rng.integers(len(self.source),
+                                                        size=self.images_per_row - 1)]
     images, chunks = [], []
     for i in indices:
       item = self.source[i]
       images.append(pipeline.check_image(item["image"], i, self.image_shape))
-      chunks.append(self.codec.chunk(chunk_text(item, kind, rng)[0]))
+      chunks.append(self.codec.chunk(chunk_text(item, kind, rng, slot)[0]))
     return {"image": np.stack(images).astype(np.float32) / np.float32(255),
             "tokens": self.codec.row(chunks, self.length, f"a row of {len(chunks)} {kind} chunks")}
 
@@ -166,6 +200,14 @@ class InterleavedTask(Task):
     if self.support_selection not in SUPPORT_SELECTIONS:
       raise ValueError(f"eval.support_selection must be one of {SUPPORT_SELECTIONS}, got "
                        f"{self.support_selection!r}")
+    rices_rows = data.get("rices_rows") or ml_collections.ConfigDict(dict(fraction=0.0))
+    self.rices_fraction = float(rices_rows.fraction)
+    if not 0.0 <= self.rices_fraction <= 1.0:
+      raise ValueError(f"data.rices_rows.fraction must be in [0, 1], got {self.rices_fraction}")
+    self.rices_pool = int(rices_rows.get("pool_images", 0))
+    if self.rices_fraction > 0 and self.rices_pool < data.images_per_row:
+      raise ValueError(f"data.rices_rows.pool_images must be >= data.images_per_row="
+                       f"{data.images_per_row} (a query and its neighbours), got {self.rices_pool}")
     self._neighbours = None
     self._pooled_fn = jax.jit(lambda p, x: self._model.apply(
         {"params": p}, x, method=lambda m, x: m.vision_encoder(x)[1]))
@@ -179,8 +221,33 @@ class InterleavedTask(Task):
   # -- data -----------------------------------------------------------------------------------
 
   def train_batches(self, process_index: int, process_count: int):
-    return example_train_batches(self.config, lambda s: _LoadRow(s, self.codec, self.config),
-                                 process_index, process_count)
+    neighbours = self.training_neighbours() if self.rices_fraction > 0 else None
+    return example_train_batches(
+        self.config, lambda s: _LoadRow(s, self.codec, self.config, neighbours,
+                                        self.rices_fraction),
+        process_index, process_count)
+
+  def training_neighbours(self) -> np.ndarray:
+    """int32 `[P, images_per_row - 1]`: each of the first P = `data.rices_rows.pool_images`
+    train images' nearest other pool images, nearest first, by `image_features` of the
+    vision tower that `init_from.vision` copies in."""
+    init_from = self.config.get("init_from")
+    vision = init_from.get("vision") if init_from is not None else None
+    if vision is None or not active_sources(vision):
+      raise ValueError("data.rices_rows.fraction > 0 retrieves rows by the frozen vision "
+                       "tower: set init_from.vision.workdir (or .checkpoint) to the run it "
+                       "comes from")
+    mesh = self.mesh
+    if mesh is None:
+      raise RuntimeError("training_neighbours runs the vision tower on the task's mesh: call "
+                         "set_mesh(mesh) first (the trainer does)")
+    params = nn.unbox(jax.jit(self.init_params)(jax.random.key(self.config.seed)))
+    params, _ = warm_start(params, vision, mesh,
+                           jax.tree.map(lambda _: sharding.replicated(mesh), params))
+    pool = shapeworld_source(self.config.data, "train", self.rices_pool)
+    images = np.stack([np.asarray(pool[i]["image"]) for i in range(len(pool))])
+    features = self.image_features(params, images.astype(np.float32) / 255, mesh)
+    return pool_neighbours(features, self.config.data.images_per_row - 1)
 
   def check_batch(self, batch, step: int) -> None:
     data = self.config.data
@@ -388,6 +455,17 @@ class InterleavedTask(Task):
     if jax.process_index() != 0:
       return []
     return [plots.loss_curve(workdir)]
+
+
+def pool_neighbours(features: np.ndarray, k: int) -> np.ndarray:
+  """int32 `[P, k]`: each row's k nearest other rows of `features` `[P, E]` by cosine
+  similarity, nearest first (itself excluded, also when an identical row ties with it)."""
+  indices, _ = top_k_neighbours(features, features, k + 1)
+  others = indices != np.arange(len(features))[:, None]
+  # Keep the first k entries that are not the row itself (k + 1 candidates hold k others,
+  # or k + 1 when a tie pushed the row itself out).
+  order = np.argsort(~others, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(indices, order, axis=1).astype(np.int32)
 
 
 def paired_gain(correct: np.ndarray, baseline: np.ndarray) -> tuple[float, float]:
