@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   # question of up to 14 words (or the grounding prompt around a 5-word expression) + EOS.
   c.data.context_length = 22
   c.data.source_length = 18
+  # The decoder's prompt (mmjax/train/tasks/multitask.py): "none" (BOS) or "prev_output" (BOS +
+  # the instruction's words, OFA's option of that name), which needs data.context_length=40.
+  c.prompt_type = "none"
 
   # Row probabilities per task and the loss weights lambda_t (L = sum_t lambda_t L_t).
   c.tasks = ml_collections.ConfigDict(dict(caption=1.0, vqa=1.0, grounding=1.0))

@@ -61,6 +61,7 @@ def test_rows_are_each_tasks_instruction_and_target_from_the_scene():
       name, source_ids, target_ids = TASKS[row["task"][k]], row["instruction"][k], row["tokens"][k]
       seen.add(name)
       assert source_ids[0] == target_ids[0] == task.tokenizer.bos_id
+      assert row["prompt_length"][k] == 1   # prompt_type "none": BOS alone
       said, target = _words(task, source_ids), _words(task, target_ids)
       if name == "caption":
         assert said == "what does the image describe?"
@@ -106,7 +107,7 @@ def _batch(task, count=8):
 
 
 def _numpy_loss(logits, tokens, tasks, weights, pad_id=0, first_bin=None, num_bins=0,
-                sigma=0.0):
+                sigma=0.0, prompt_length=None):
   """sum_t lambda_t mean_{target tokens of task t's rows} NLL, in float64; with sigma > 0 a
   bin target k is the Gaussian exp(-(j - k)^2 / 2 sigma^2) over the bins j, normalised."""
   logits = np.asarray(logits, np.float64)
@@ -119,7 +120,7 @@ def _numpy_loss(logits, tokens, tasks, weights, pad_id=0, first_bin=None, num_bi
     for r in np.flatnonzero(tasks == t):
       for j in range(tokens.shape[1] - 1):
         target = tokens[r, j + 1]
-        if target == pad_id:
+        if target == pad_id or (prompt_length is not None and j + 1 < prompt_length[r]):
           continue
         if sigma > 0 and first_bin <= target < first_bin + num_bins:
           q = np.exp(-(np.arange(num_bins) - (target - first_bin)) ** 2 / (2 * sigma ** 2))
@@ -170,6 +171,68 @@ def test_gaussian_bin_targets_apply_to_the_grounding_bins_only():
   for t, name in enumerate(TASKS):
     if t != g:
       assert float(metrics[f"loss_{name}"]) == pytest.approx(one_hot[t], rel=1e-5)
+
+
+def test_prev_output_prompts_the_decoder_with_the_instruction():
+  """prompt_type="prev_output": rows, loss and every evaluation against the instruction's
+  words as the decoder's prompt, built by hand."""
+  task = MultiTask(tiny_config("prompt_type=prev_output", "data.context_length=40",
+                               "bin_sigma=0.0"))
+  tok, pad = task.tokenizer, task.tokenizer.pad_id
+  batch = _batch(task)
+  flat = lambda x: x.reshape(-1, *x.shape[2:])
+  for instruction, tokens, n in zip(flat(batch["instruction"]), flat(batch["tokens"]),
+                                    flat(batch["prompt_length"])):
+    given = [t for t in instruction if t != pad]         # BOS + words + EOS
+    assert n == len(given) - 1 and list(tokens[:n]) == given[:-1]
+    assert tokens[n] != pad  # the target follows
+  params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
+  loss, _ = fast_jit(task.loss_fn)(params, batch, None)
+  logits = task.model.apply({"params": params}, batch["image"], flat(batch["instruction"]),
+                            flat(batch["tokens"]))
+  expected, _ = _numpy_loss(logits, flat(batch["tokens"]), flat(batch["task"]), [1.0] * 3,
+                            prompt_length=flat(batch["prompt_length"]))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  unmasked, _ = _numpy_loss(logits, flat(batch["tokens"]), flat(batch["task"]), [1.0] * 3)
+  assert abs(unmasked - expected) > 1e-2   # the prompt's tokens are not targets
+
+  data = task._eval_data()
+  metrics = task.evaluate(params, _mesh())
+  prompt_of = lambda row: (lambda ids: (jnp.asarray([ids]), jnp.asarray([len(ids)])))(
+      [t for t in row if t not in (pad, tok.eos_id)])
+  n, q = data["vqa_answer"].shape
+  correct = []
+  for i in range(n):
+    for j in range(q):
+      row = data["vqa_instruction"][i, j]
+      prompt, length = prompt_of(row)
+      decoded = task.answerer.decode(params, data["image"][i:i + 1], prompt, length,
+                                     instruction=jnp.asarray(row[None]))
+      correct.append(task.answerer.answer_indices(np.asarray(decoded.tokens))[0]
+                     == data["vqa_answer"][i, j])
+  assert metrics["vqa_accuracy"] == pytest.approx(np.mean(correct))
+  boxes = []
+  for i, row in enumerate(data["grounding_instruction"]):
+    prompt, length = prompt_of(row)
+    boxes.append(np.asarray(task.box_decoder.decode_boxes(
+        params, data["image"][i:i + 1], prompt, length, instruction=jnp.asarray(row[None]))))
+  iou = np.asarray(matched_box_iou(np.concatenate(boxes), data["box"]))
+  assert metrics["grounding_mean_iou"] == pytest.approx(iou.mean(), abs=1e-6)
+  # Captions: greedy after BOS + "what does the image describe ?", by hand.
+  from mmjax import decoding
+  row = data["caption_instruction"]
+  prompt, length = prompt_of(row)
+  images = jnp.asarray(data["image"][:2])
+  cache = task.model.init_cache(params, images, 40, instruction=jnp.asarray(np.stack([row] * 2)))
+  step = decoding.banned_tokens_step_fn(functools.partial(task.model.decode_step, params),
+                                        task.word_vocab_size)
+  by_hand = decoding.greedy(step, cache, jnp.repeat(prompt, 2, 0), jnp.repeat(length, 2),
+                            max_new_tokens=40 - prompt.shape[1], eos_id=tok.eos_id,
+                            pad_id=pad).tokens
+  np.testing.assert_array_equal(task._generate_captions(params, images), by_hand)
+  # And the prompt changes what is decoded (else the checks above could not tell).
+  plain = MultiTask(tiny_config("data.context_length=40", "bin_sigma=0.0"))
+  assert not np.array_equal(plain._generate_captions(params, images), by_hand)
 
 
 def test_sharded_loss_equals_single_device():
@@ -273,4 +336,11 @@ def test_bad_input_raises_clear_errors():
     task.check_batch({**batch, "instruction": batch["instruction"][:, 0]}, 5)
   with pytest.raises(ValueError, match=r"task must be int \[2, 3\] in \[0, 3\)"):
     task.check_batch({**batch, "task": batch["task"] + 3}, 5)
+  with pytest.raises(ValueError, match=r"prompt_length must be int \[2, 3\] in \[1, "):
+    task.check_batch({**batch, "prompt_length": batch["prompt_length"] * 0}, 5)
+  with pytest.raises(ValueError, match="prompt_type must be one of"):
+    MultiTask(tiny_config("prompt_type=src"))
+  with pytest.raises(ValueError, match="target after its instruction prompt takes"):
+    MultiTask(tiny_config("prompt_type=prev_output"))._loader(
+        shapeworld_source(task.config.data, "train", 4)).caption("a red circle " * 5)
   task.check_batch(batch, 5)

@@ -10,7 +10,11 @@ encoder once for its K rows (`batch_size` counts images):
   grounding  'which region does the text " the red circle " describe ?'
                                                               -> 4 location bins (x0 y0 x1 y1)
 
-The instruction goes to the encoder; the decoder reads BOS + target + EOS. The vocabulary is
+The instruction goes to the encoder. The decoder reads BOS + target + EOS with
+`prompt_type="none"`; with "prev_output" (OFA's name) it reads BOS + the instruction's words +
+target + EOS, the instruction masked out of the loss and given as the decoding prompt, so the
+decoder's queries carry the instruction too (a grounding query then names the object it looks
+for). The vocabulary is
 the ShapeWorld words plus the instruction words (`INSTRUCTION_WORDS`), then `num_bins`
 location bins (bins last, as `mmjax.models.grounding`'s coordinate tokens). The loss is
 
@@ -56,6 +60,7 @@ from mmjax.train.tasks.grounding import IOU_THRESHOLDS, checked_bin_sigma
 from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
 
 TASKS = ("caption", "vqa", "grounding")
+PROMPT_TYPES = ("none", "prev_output")   # the decoder's prompt: BOS, or BOS + instruction
 CAPTION_INSTRUCTION = "what does the image describe ?"
 GROUNDING_INSTRUCTION = 'which region does the text " {} " describe ?'
 INSTRUCTION_WORDS = ("does", "describe", "which", "region", "text", '"')
@@ -92,15 +97,18 @@ class _LoadInstruction:
   probabilities.
 
   Examples: image float32 `[H, W, 3]` in [0, 1], instruction int32 `[K, Ls]` (BOS +
-  instruction + EOS), tokens int32 `[K, L]` (BOS + target + EOS), task int32 `[K]` (indices
-  into `TASKS`).
+  instruction + EOS), tokens int32 `[K, L]` (the decoder prompt + target + EOS), prompt_length
+  int32 `[K]` (1 for BOS alone, 1 + the instruction's words with "prev_output"), task int32
+  `[K]` (indices into `TASKS`).
   """
 
   def __init__(self, source, tokenizer: WordTokenizer, probabilities: np.ndarray, seed: int,
-               source_length: int, context_length: int, num_bins: int, rows_per_image: int):
+               source_length: int, context_length: int, num_bins: int, rows_per_image: int,
+               prompt_type: str = "none"):
     self.source, self.tokenizer, self.probabilities = source, tokenizer, probabilities
     self.seed, self.source_length, self.context_length = seed, source_length, context_length
     self.num_bins, self.rows_per_image = num_bins, rows_per_image
+    self.prompt_type = prompt_type
     self.image_shape = (source.image_size, source.image_size, 3)
 
   def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
@@ -129,11 +137,14 @@ class _LoadInstruction:
     source_ids = tok.encode(instruction_text)
     if tok.unk_id in source_ids:
       raise ValueError(f"instruction {instruction_text!r} has a word outside the vocabulary")
+    prompt = [tok.bos_id] + (source_ids if self.prompt_type == "prev_output" else [])
     return {"instruction": _padded([tok.bos_id, *source_ids, tok.eos_id], self.source_length,
                                    f"instruction {instruction_text!r}", "data.source_length",
                                    tok.pad_id),
-            "tokens": _padded([tok.bos_id, *target_ids, tok.eos_id], self.context_length,
-                              "target", "data.context_length", tok.pad_id)}
+            "tokens": _padded([*prompt, *target_ids, tok.eos_id], self.context_length,
+                              "target" + " after its instruction prompt" * (len(prompt) > 1),
+                              "data.context_length", tok.pad_id),
+            "prompt_length": np.int32(len(prompt))}
 
   def caption(self, caption: str) -> dict[str, np.ndarray]:
     return self._row(instruction("caption"), self.tokenizer.encode(caption))
@@ -164,6 +175,10 @@ class MultiTask(Task):
     if self.num_bins < 2:
       raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
     self.bin_sigma = checked_bin_sigma(config)
+    self.prompt_type = config.get("prompt_type", "none")
+    if self.prompt_type not in PROMPT_TYPES:
+      raise ValueError(f"prompt_type must be one of {PROMPT_TYPES} (the decoder's prompt: BOS, "
+                       f"or BOS + the instruction), got {self.prompt_type!r}")
     self.rows_per_image = int(config.data.rows_per_image)
     if self.rows_per_image < 1:
       raise ValueError(f"data.rows_per_image must be >= 1, got {self.rows_per_image}")
@@ -197,7 +212,7 @@ class MultiTask(Task):
     data = self.config.data
     return _LoadInstruction(source, self.tokenizer, self.probabilities, self.config.seed,
                             data.source_length, data.context_length, self.num_bins,
-                            self.rows_per_image)
+                            self.rows_per_image, self.prompt_type)
 
   def train_batches(self, process_index: int, process_count: int):
     return example_train_batches(self.config, self._loader, process_index, process_count)
@@ -206,7 +221,7 @@ class MultiTask(Task):
     data, k = self.config.data, self.rows_per_image
     image = check_images(batch, step, data.image_size)
     rows = {key: np.asarray(batch[key]).reshape(-1, *np.shape(batch[key])[2:])
-            for key in ("instruction", "tokens", "task") if key in batch}
+            for key in ("instruction", "tokens", "task", "prompt_length") if key in batch}
     for key, length in (("instruction", data.source_length), ("tokens", data.context_length)):
       if key in batch and np.shape(batch[key])[:2] != (len(image), k):
         raise ValueError(f"batch at step {step}: {key} has shape {np.shape(batch[key])}, "
@@ -218,6 +233,12 @@ class MultiTask(Task):
       raise ValueError(f"batch at step {step}: task must be int [{len(image)}, {k}] in "
                        f"[0, {len(TASKS)}) (indices into {TASKS}), got "
                        f"{None if task is None else np.shape(batch['task'])}")
+    prompt_length = rows.get("prompt_length")
+    if prompt_length is None or prompt_length.shape != (len(image) * k,) or np.any(
+        (prompt_length < 1) | (prompt_length >= data.context_length)):
+      raise ValueError(f"batch at step {step}: prompt_length must be int [{len(image)}, {k}] in "
+                       f"[1, data.context_length={data.context_length}) (the decoder prompt's "
+                       f"tokens), got {None if prompt_length is None else np.shape(batch['prompt_length'])}")
 
   # -- model ----------------------------------------------------------------------------------
 
@@ -236,7 +257,9 @@ class MultiTask(Task):
     targets = tokens[:, 1:]
     nll = token_nll(logits, tokens, self.word_vocab_size, self.num_bins,
                     self.bin_sigma)                                                # [B, L-1]
-    valid = (targets != self.tokenizer.pad_id).astype(jnp.float32)
+    # Target j is token j + 1: a prompt token (given, not predicted) when j + 1 < prompt_length.
+    beyond_prompt = jnp.arange(1, tokens.shape[1]) >= flat(batch["prompt_length"])[:, None]
+    valid = ((targets != self.tokenizer.pad_id) & beyond_prompt).astype(jnp.float32)
     of_task = (flat(batch["task"])[:, None] == jnp.arange(len(TASKS))).astype(jnp.float32)
     sums = jnp.einsum("rl,rt->t", nll * valid, of_task)                            # [tasks]
     counts = jnp.einsum("rl,rt->t", valid, of_task)
@@ -305,30 +328,47 @@ class MultiTask(Task):
               data["box"], ev.batch_size, thresholds=IOU_THRESHOLDS)}
     return self._evaluators
 
-  def _bos(self, rows: int) -> tuple[jax.Array, jax.Array]:
-    return (jnp.full((rows, 1), self.tokenizer.bos_id, jnp.int32),
-            jnp.ones((rows,), jnp.int32))
+  def _prompts(self, instruction_rows) -> tuple[jax.Array, jax.Array]:
+    """The decoder's prompts int32 `[R, P]` and lengths `[R]` of instruction rows `[R, Ls]`
+    (BOS + instruction + EOS + pad): BOS alone (P = 1), or with "prev_output" the row without
+    its EOS (P = Ls)."""
+    tok = self.tokenizer
+    rows = instruction_rows.shape[0]
+    if self.prompt_type == "none":
+      return jnp.full((rows, 1), tok.bos_id, jnp.int32), jnp.ones((rows,), jnp.int32)
+    instruction_rows = jnp.asarray(instruction_rows)
+    prompt = jnp.where(instruction_rows == tok.eos_id, tok.pad_id, instruction_rows)
+    # The evaluators' padding rows are all pad: decode them from one (discarded) token.
+    lengths = jnp.maximum((prompt != tok.pad_id).sum(1), 1)
+    return prompt.astype(jnp.int32), lengths.astype(jnp.int32)
 
   def _generate_captions(self, params, images: jax.Array) -> jax.Array:
-    """Caption tokens int32 `[B, L - 1]` (EOS then padding), words only, greedy."""
+    """Caption tokens int32 `[B, L - P]` (EOS then padding), words only, greedy, after the
+    P-token decoder prompt."""
     length = self.config.data.context_length
-    instruction_row = jnp.asarray(self._eval_data()["caption_instruction"])
-    instruction_rows = jnp.broadcast_to(instruction_row, (images.shape[0], len(instruction_row)))
+    instruction_row = self._eval_data()["caption_instruction"]
+    # One instruction for every image: its prompt is trimmed to its own length.
+    width = 1 if self.prompt_type == "none" else int((instruction_row != self.tokenizer.pad_id)
+                                                     .sum()) - 1
+    instruction_rows = jnp.broadcast_to(jnp.asarray(instruction_row),
+                                        (images.shape[0], len(instruction_row)))
     cache = self._model.init_cache(params, images, length, instruction=instruction_rows)
-    prompt, _ = self._bos(images.shape[0])
+    prompt, lengths = self._prompts(instruction_rows)
     step_fn = decoding.banned_tokens_step_fn(functools.partial(self._model.decode_step, params),
                                              self.word_vocab_size)  # no location bins
-    return decoding.greedy(step_fn, cache, prompt, max_new_tokens=length - 1,
-                           eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id).tokens
+    return decoding.greedy(step_fn, cache, prompt[:, :width], lengths,
+                           max_new_tokens=length - width, eos_id=self.tokenizer.eos_id,
+                           pad_id=self.tokenizer.pad_id).tokens
 
   def _decode_answers(self, params, batch) -> jax.Array:
     """Answer tokens int32 `[B, Q, T + 1]` of images `[B, H, W, 3]` and their questions
     `[B, Q, Ls]`, constrained to the answer list (each image through the ViT once)."""
     instruction_rows = batch["instruction"]
     rows = instruction_rows.shape[0] * instruction_rows.shape[1]
-    prompt, lengths = self._bos(rows)
+    flat_rows = instruction_rows.reshape(rows, -1)
+    prompt, lengths = self._prompts(flat_rows)
     tokens = self.answerer.decode(params, batch["image"], prompt, lengths,
-                                  instruction=instruction_rows.reshape(rows, -1)).tokens
+                                  instruction=flat_rows).tokens
     return tokens.reshape(instruction_rows.shape[:2] + tokens.shape[-1:])
 
   def _answer_indices(self, tokens: np.ndarray) -> np.ndarray:
@@ -337,7 +377,7 @@ class MultiTask(Task):
 
   def _predict_boxes(self, params, batch) -> jax.Array:
     """Boxes float32 `[B, 4]` (x0, y0, x1, y1): greedy over the bins only."""
-    prompt, lengths = self._bos(batch["image"].shape[0])
+    prompt, lengths = self._prompts(batch["instruction"])
     return self.box_decoder.decode_boxes(params, batch["image"], prompt, lengths,
                                          instruction=batch["instruction"])
 
