@@ -47,6 +47,8 @@ def single_object_images():
 
 OFA = HERE / "metrics_ofa.jsonl"
 OFA_CLIP = HERE / "metrics_ofa_clip_init.jsonl"  # the same, its ViT warm-started from CLIP
+# The same again, with Gaussian targets for the location bins (bin_sigma 2, the default now).
+OFA_CLIP_BINS = HERE / "metrics_ofa_clip_init_bins.jsonl"
 VQA_CLASSIFIER_CLIP = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_clip_init_600steps.jsonl"
 VQA_CLASSIFIER_CLIP_2000 = (EXPERIMENTS / "vqa_shapeworld" /
                             "metrics_classifier_clip_init_2000steps.jsonl")
@@ -56,7 +58,9 @@ VQA_CLASSIFIER = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_default_60
 GROUNDING = {"regression head": EXPERIMENTS / "grounding_shapeworld" /
              "metrics_regression_600steps.jsonl",
              "coordinate tokens (Captioner)": EXPERIMENTS / "grounding_shapeworld" /
-             "metrics_tokens_600steps.jsonl"}
+             "metrics_tokens_600steps.jsonl",
+             "coordinate tokens (Captioner), Gaussian bins": EXPERIMENTS /
+             "grounding_shapeworld" / "metrics_tokens_sigma2_600steps.jsonl"}
 
 
 def caption_table(singles):
@@ -65,6 +69,8 @@ def caption_table(singles):
   rows = [("Captioner (64 px, 1-3 objects)", r, "") for r in records(CAPTIONER)]
   rows += [("OFA, one model", r, "caption_") for r in records(OFA)]
   rows += [("OFA, one model, CLIP-initialised ViT", r, "caption_") for r in records(OFA_CLIP)]
+  rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins", r, "caption_")
+           for r in records(OFA_CLIP_BINS)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
           f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
@@ -80,6 +86,8 @@ def vqa_table():
            for r in records(VQA_CLASSIFIER_CLIP)]
   rows += [("OFA, one model", r, "vqa_") for r in records(OFA)]
   rows += [("OFA, one model, CLIP-initialised ViT", r, "vqa_") for r in records(OFA_CLIP)]
+  rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins", r, "vqa_")
+           for r in records(OFA_CLIP_BINS)]
   for name, r, p in rows:
     cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
     print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
@@ -93,6 +101,8 @@ def grounding_table():
   rows += [("OFA, one model", r, "grounding_") for r in records(OFA)]
   rows += [("OFA, one model, CLIP-initialised ViT", r, "grounding_")
            for r in records(OFA_CLIP)]
+  rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins", r, "grounding_")
+           for r in records(OFA_CLIP_BINS)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {with_se(r[p + 'acc@0.5'], GROUNDING_IMAGES)} | "
           f"{r[p + 'acc@0.75']:.3f} | {r[p + 'mean_iou']:.3f} |")
@@ -141,7 +151,9 @@ def main():
                        ("Grounding", grounding_table),
                        ("OFA against the dedicated heads", lambda: gap_table(singles)),
                        ("OFA with a CLIP-initialised ViT against the dedicated heads",
-                        lambda: gap_table(singles, OFA_CLIP, clip=True))]:
+                        lambda: gap_table(singles, OFA_CLIP, clip=True)),
+                       ("OFA with a CLIP-initialised ViT and Gaussian bins against the "
+                        "dedicated heads", lambda: gap_table(singles, OFA_CLIP_BINS, clip=True))]:
     print(f"### {title}\n")
     table()
     print()
