@@ -26,10 +26,18 @@ def records(name):
   return [json.loads(line) for line in open(HERE / name)]
 
 
+# (label, training metrics, `mmjax eval` files stem) of each Flamingo run: random training rows,
+# and half the rows retrieval-built (--config.data.rices_rows.fraction=0.5).
+RUNS = (("random rows", "metrics_flamingo.jsonl", "eval_flamingo"),
+        ("retrieval rows", "metrics_flamingo_rices_rows.jsonl", "eval_flamingo_rices_rows"))
+
+
 def evaluations():
-  """(support, record) of every eval: the training run's (random), then RICES's."""
-  return ([("random", r) for r in records("metrics_flamingo.jsonl")] +
-          [("RICES", eval_file("rices"))])
+  """(training rows, support, record) of every eval: each run's training evals (random
+  support), then its last checkpoint's with RICES support."""
+  return [row for label, metrics, stem in RUNS for row in
+          [(label, "random", r) for r in records(metrics)] +
+          [(label, "RICES", eval_file(stem, "rices"))]]
 
 
 def se(p, n):
@@ -64,31 +72,32 @@ def sources_table():
 
 
 def vqa_table(questions, shots):
-  print(f"| support | step | shots | accuracy ({questions} questions) | " +
+  print(f"| training rows | support | step | shots | accuracy ({questions} questions) | " +
         " | ".join(VQA_TYPES) + " |")
-  print("|---|---|---|---|" + "---|" * len(VQA_TYPES))
-  for support, r in evaluations():
+  print("|---|---|---|---|---|" + "---|" * len(VQA_TYPES))
+  for rows, support, r in evaluations():
     for k in shots:
       p = f"vqa_{k}shot_"
       cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
-      print(f"| {support} | {r['step']} | {k} | {with_se(r[p + 'accuracy'], questions)} | "
-            f"{cells} |")
+      print(f"| {rows} | {support} | {r['step']} | {k} | "
+            f"{with_se(r[p + 'accuracy'], questions)} | {cells} |")
 
 
 def caption_table(singles, shots):
-  print(f"| support | step | shots | BLEU-4 | CIDEr-D | shape acc. ({singles} 1-object) | "
-        "colour | size |")
-  print("|---|---|---|---|---|---|---|---|")
-  for support, r in evaluations():
+  print(f"| training rows | support | step | shots | BLEU-4 | CIDEr-D | shape acc. ({singles} "
+        "1-object) | colour | size |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for rows, support, r in evaluations():
     for k in shots:
       p = f"caption_{k}shot_"
-      print(f"| {support} | {r['step']} | {k} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
+      print(f"| {rows} | {support} | {r['step']} | {k} | {r[p + 'bleu4']:.3f} | "
+            f"{r[p + 'cider_d']:.3f} | "
             f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
             f"{r[p + 'size_accuracy']:.3f} |")
 
 
-def eval_file(support):
-  record = json.loads((HERE / f"eval_flamingo_{support}_step1500.json").read_text())
+def eval_file(stem, support):
+  record = json.loads((HERE / f"{stem}_{support}_step1500.json").read_text())
   assert record["eval"]["support_selection"] == support, record["eval"]
   return {"step": record["step"], **record["metrics"]}
 
@@ -96,11 +105,11 @@ def eval_file(support):
 def shots_table(questions, shots):
   """Each k-shot VQA accuracy of the last checkpoint minus the 0-shot one on the same
   questions, with its paired SE (`mmjax eval`'s vqa_{k}shot_gain and _gain_se)."""
-  print("| support | shots | VQA accuracy (step 1500) | minus 0-shot (paired SE) | above 0-shot "
-        "by 2 SE? | caption BLEU-4 | minus 0-shot |")
-  print("|---|---|---|---|---|---|---|")
-  for support in ("random", "rices"):
-    r = eval_file(support)
+  print("| training rows | support | shots | VQA accuracy (step 1500) | minus 0-shot (paired SE) "
+        "| above 0-shot by 2 SE? | caption BLEU-4 | minus 0-shot |")
+  print("|---|---|---|---|---|---|---|---|")
+  for (label, _, stem), support in ((run, s) for run in RUNS for s in ("random", "rices")):
+    r = eval_file(stem, support)
     for k in shots:
       acc, bleu = r[f"vqa_{k}shot_accuracy"], r[f"caption_{k}shot_bleu4"]
       if k == 0:
@@ -109,7 +118,7 @@ def shots_table(questions, shots):
         gain, gain_se = r[f"vqa_{k}shot_gain"], r[f"vqa_{k}shot_gain_se"]
         gain_text = f"{gain:+.3f} ± {gain_se:.3f} ({gain / gain_se:+.1f} SE)"
         verdict = "yes" if gain > 2 * gain_se else "no"
-      print(f"| {'RICES' if support == 'rices' else support} | {k} | "
+      print(f"| {label} | {'RICES' if support == 'rices' else support} | {k} | "
             f"{with_se(acc, questions)} | {gain_text} | {verdict} | {bleu:.3f} | "
             f"{bleu - r['caption_0shot_bleu4']:+.3f} |")
 

@@ -132,16 +132,26 @@ def _numpy_loss(logits, tokens, tasks, weights, pad_id=0, first_bin=None, num_bi
   return float(np.dot(weights, losses)), losses
 
 
-def test_the_loss_is_the_lambda_weighted_sum_of_per_task_means():
-  task = MultiTask(tiny_config("loss_weights.caption=1.0", "loss_weights.vqa=2.0",
-                               "loss_weights.grounding=0.5", "bin_sigma=0.0"))  # one-hot bins
+def _flat(x):
+  """[B, K, ...] -> [B K, ...], image-major (the loss's row order)."""
+  return x.reshape(-1, *x.shape[2:])
+
+
+def _loss_and_logits(task):
+  """(params, batch, loss, metrics, teacher-forced logits [B K, L, V]) on random weights."""
   params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
   batch = _batch(task)
   loss, metrics = fast_jit(task.loss_fn)(params, batch, None)
-  flat = lambda x: x.reshape(-1, *x.shape[2:])
-  logits = task.model.apply({"params": params}, batch["image"], flat(batch["instruction"]),
-                            flat(batch["tokens"]))
-  expected, per_task = _numpy_loss(logits, flat(batch["tokens"]), flat(batch["task"]),
+  logits = task.model.apply({"params": params}, batch["image"], _flat(batch["instruction"]),
+                            _flat(batch["tokens"]))
+  return params, batch, loss, metrics, logits
+
+
+def test_the_loss_is_the_lambda_weighted_sum_of_per_task_means():
+  task = MultiTask(tiny_config("loss_weights.caption=1.0", "loss_weights.vqa=2.0",
+                               "loss_weights.grounding=0.5", "bin_sigma=0.0"))  # one-hot bins
+  params, batch, loss, metrics, logits = _loss_and_logits(task)
+  expected, per_task = _numpy_loss(logits, _flat(batch["tokens"]), _flat(batch["task"]),
                                    [1.0, 2.0, 0.5])
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   for name, value in zip(TASKS, per_task):
@@ -154,13 +164,8 @@ def test_the_loss_is_the_lambda_weighted_sum_of_per_task_means():
 
 def test_gaussian_bin_targets_apply_to_the_grounding_bins_only():
   task = MultiTask(tiny_config("bin_sigma=1.5", "tasks.grounding=3.0"))
-  params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
-  batch = _batch(task)
-  loss, metrics = fast_jit(task.loss_fn)(params, batch, None)
-  flat = lambda x: x.reshape(-1, *x.shape[2:])
-  logits = task.model.apply({"params": params}, batch["image"], flat(batch["instruction"]),
-                            flat(batch["tokens"]))
-  args = (logits, flat(batch["tokens"]), flat(batch["task"]), [1.0, 1.0, 1.0])
+  _, batch, loss, metrics, logits = _loss_and_logits(task)
+  args = (logits, _flat(batch["tokens"]), _flat(batch["task"]), [1.0, 1.0, 1.0])
   expected, per_task = _numpy_loss(*args, first_bin=task.word_vocab_size, num_bins=8,
                                    sigma=1.5)
   assert float(loss) == pytest.approx(expected, rel=1e-5)
@@ -179,21 +184,16 @@ def test_prev_output_prompts_the_decoder_with_the_instruction():
   task = MultiTask(tiny_config("prompt_type=prev_output", "data.context_length=40",
                                "bin_sigma=0.0"))
   tok, pad = task.tokenizer, task.tokenizer.pad_id
-  batch = _batch(task)
-  flat = lambda x: x.reshape(-1, *x.shape[2:])
-  for instruction, tokens, n in zip(flat(batch["instruction"]), flat(batch["tokens"]),
-                                    flat(batch["prompt_length"])):
-    given = [t for t in instruction if t != pad]         # BOS + words + EOS
+  params, batch, loss, _, logits = _loss_and_logits(task)
+  for source_ids, tokens, n in zip(_flat(batch["instruction"]), _flat(batch["tokens"]),
+                                   _flat(batch["prompt_length"])):
+    given = [t for t in source_ids if t != pad]         # BOS + words + EOS
     assert n == len(given) - 1 and list(tokens[:n]) == given[:-1]
     assert tokens[n] != pad  # the target follows
-  params = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
-  loss, _ = fast_jit(task.loss_fn)(params, batch, None)
-  logits = task.model.apply({"params": params}, batch["image"], flat(batch["instruction"]),
-                            flat(batch["tokens"]))
-  expected, _ = _numpy_loss(logits, flat(batch["tokens"]), flat(batch["task"]), [1.0] * 3,
-                            prompt_length=flat(batch["prompt_length"]))
+  expected, _ = _numpy_loss(logits, _flat(batch["tokens"]), _flat(batch["task"]), [1.0] * 3,
+                            prompt_length=_flat(batch["prompt_length"]))
   assert float(loss) == pytest.approx(expected, rel=1e-5)
-  unmasked, _ = _numpy_loss(logits, flat(batch["tokens"]), flat(batch["task"]), [1.0] * 3)
+  unmasked, _ = _numpy_loss(logits, _flat(batch["tokens"]), _flat(batch["task"]), [1.0] * 3)
   assert abs(unmasked - expected) > 1e-2   # the prompt's tokens are not targets
 
   data = task._eval_data()
