@@ -1,7 +1,9 @@
 """Prints the README's tables from the committed files of this folder: the two runs Flamingo
 starts from (CLIP, the packed LM) and Flamingo's few-shot VQA and captioning, with random
 support (the training run's evals, metrics_flamingo.jsonl) and with RICES support (`mmjax
-eval` of the last checkpoint, eval_flamingo_rices_step1500.json).
+eval` of the last checkpoint, eval_flamingo_rices_step1500.json); the same for the run with
+retrieval-built training rows (metrics_flamingo_rices_rows.jsonl,
+eval_flamingo_rices_rows_*_step1500.json).
 
   python experiments/flamingo_shapeworld/table.py
 
