@@ -35,13 +35,20 @@ def with_se(p, n):
 # Flamingo's evals: (support, file, shots) (RICES at 0 shots is the random one's 0 shots).
 FLAMINGO = [("", "metrics_flamingo.jsonl", (0,)),
             (", random support", "metrics_flamingo.jsonl", (4, 8)),
-            (", RICES support", "eval_flamingo_rices_step1500.json", (4, 8))]
+            (", RICES support", "eval_flamingo_rices_step1500.json", (4, 8)),
+            (", retrieval-built training rows", "metrics_flamingo_rices_rows.jsonl", (0,)),
+            (", retrieval-built training rows, RICES support",
+             "eval_flamingo_rices_rows_rices_step1500.json", (4, 8))]
 # (model, vision tower, folder, file, key prefix)
 CAPTIONING = [
     ("Captioner (dedicated)", "scratch", "ofa_shapeworld", "metrics_captioner_64px.jsonl", ""),
     ("OFA, one model for 3 tasks", "scratch", "ofa_shapeworld", "metrics_ofa.jsonl", "caption_"),
     ("OFA, one model for 3 tasks", "CLIP, fine-tuned", "ofa_shapeworld",
      "metrics_ofa_clip_init.jsonl", "caption_"),
+    ("OFA, one model for 3 tasks, Gaussian bin targets", "CLIP, fine-tuned", "ofa_shapeworld",
+     "metrics_ofa_clip_init_bins.jsonl", "caption_"),
+    ("OFA, one model for 3 tasks, Gaussian bins, instruction prompt", "CLIP, fine-tuned",
+     "ofa_shapeworld", "metrics_ofa_clip_init_prompt.jsonl", "caption_"),
 ] + [(f"Flamingo, {k} shots{support}", "CLIP, frozen", "flamingo_shapeworld", file,
       f"caption_{k}shot_") for support, file, shots in FLAMINGO for k in shots]
 CAPTIONING_32PX = [
@@ -61,6 +68,10 @@ VQA = [
     ("OFA, one model for 3 tasks", "scratch", "ofa_shapeworld", "metrics_ofa.jsonl", "vqa_"),
     ("OFA, one model for 3 tasks", "CLIP, fine-tuned", "ofa_shapeworld",
      "metrics_ofa_clip_init.jsonl", "vqa_"),
+    ("OFA, one model for 3 tasks, Gaussian bin targets", "CLIP, fine-tuned", "ofa_shapeworld",
+     "metrics_ofa_clip_init_bins.jsonl", "vqa_"),
+    ("OFA, one model for 3 tasks, Gaussian bins, instruction prompt", "CLIP, fine-tuned",
+     "ofa_shapeworld", "metrics_ofa_clip_init_prompt.jsonl", "vqa_"),
 ] + [(f"Flamingo, {k} shots{support}", "CLIP, frozen", "flamingo_shapeworld", file,
       f"vqa_{k}shot_") for support, file, shots in FLAMINGO for k in shots]
 GROUNDING = [
@@ -70,12 +81,20 @@ GROUNDING = [
      "metrics_regression_clip_init_600steps.jsonl", ""),
     ("Captioner, coordinate tokens (dedicated)", "scratch", "grounding_shapeworld",
      "metrics_tokens_600steps.jsonl", ""),
+    ("Captioner, coordinate tokens, Gaussian bin targets (dedicated)", "scratch",
+     "grounding_shapeworld", "metrics_tokens_sigma2_600steps.jsonl", ""),
     ("unified decoder, coordinate tokens", "scratch", "unified_shapeworld",
      "metrics_grounding.jsonl", ""),
+    ("unified decoder, coordinate tokens, Gaussian bin targets", "scratch", "unified_shapeworld",
+     "metrics_grounding_bins.jsonl", ""),
     ("OFA, one model for 3 tasks", "scratch", "ofa_shapeworld", "metrics_ofa.jsonl",
      "grounding_"),
     ("OFA, one model for 3 tasks", "CLIP, fine-tuned", "ofa_shapeworld",
      "metrics_ofa_clip_init.jsonl", "grounding_"),
+    ("OFA, one model for 3 tasks, Gaussian bin targets", "CLIP, fine-tuned", "ofa_shapeworld",
+     "metrics_ofa_clip_init_bins.jsonl", "grounding_"),
+    ("OFA, one model for 3 tasks, Gaussian bins, instruction prompt", "CLIP, fine-tuned",
+     "ofa_shapeworld", "metrics_ofa_clip_init_prompt.jsonl", "grounding_"),
 ]
 
 

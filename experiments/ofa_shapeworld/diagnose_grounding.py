@@ -39,12 +39,14 @@ def teacher_forced_bins(kind, task, params, num):
     box = data["box"][:num]
     first, bins_n = task.word_vocab_size, task.num_bins
     true_bins = quantize_coordinates(box, bins_n)
+    # The decoder's prompt: BOS, or BOS + the instruction's words (prompt_type "prev_output").
+    prompt, lengths = (np.asarray(x) for x in task._prompts(instruction))
     tokens = np.zeros((num, task.config.data.context_length), np.int32)
-    tokens[:, 0] = task.tokenizer.bos_id
-    tokens[:, 1:1 + NUM_BOX_TOKENS] = first + true_bins
-    tokens[:, 1 + NUM_BOX_TOKENS] = task.tokenizer.eos_id
+    for r in range(num):
+      row = [*prompt[r, :lengths[r]], *(first + true_bins[r]), task.tokenizer.eos_id]
+      tokens[r, :len(row)] = row
     logits = task.model.apply({"params": params}, image, instruction, tokens)
-    steps = np.broadcast_to(np.arange(NUM_BOX_TOKENS), (num, NUM_BOX_TOKENS))
+    steps = lengths[:, None] - 1 + np.arange(NUM_BOX_TOKENS)
     greedy = task._predict_boxes(params, {"image": jnp.asarray(image),
                                           "instruction": jnp.asarray(instruction)})
   else:

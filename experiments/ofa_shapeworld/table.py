@@ -49,6 +49,10 @@ OFA = HERE / "metrics_ofa.jsonl"
 OFA_CLIP = HERE / "metrics_ofa_clip_init.jsonl"  # the same, its ViT warm-started from CLIP
 # The same again, with Gaussian targets for the location bins (bin_sigma 2, the default now).
 OFA_CLIP_BINS = HERE / "metrics_ofa_clip_init_bins.jsonl"
+# And with the instruction also as the decoder's prompt (prompt_type "prev_output").
+OFA_CLIP_PROMPT = HERE / "metrics_ofa_clip_init_prompt.jsonl"
+# And trained on grounding alone (tasks.caption=0, tasks.vqa=0; 600 steps of 96 grounding rows).
+OFA_CLIP_GROUNDING_ONLY = HERE / "metrics_ofa_clip_init_grounding_only.jsonl"
 VQA_CLASSIFIER_CLIP = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_clip_init_600steps.jsonl"
 VQA_CLASSIFIER_CLIP_2000 = (EXPERIMENTS / "vqa_shapeworld" /
                             "metrics_classifier_clip_init_2000steps.jsonl")
@@ -71,6 +75,8 @@ def caption_table(singles):
   rows += [("OFA, one model, CLIP-initialised ViT", r, "caption_") for r in records(OFA_CLIP)]
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins", r, "caption_")
            for r in records(OFA_CLIP_BINS)]
+  rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
+            "caption_") for r in records(OFA_CLIP_PROMPT)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
           f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
@@ -88,6 +94,8 @@ def vqa_table():
   rows += [("OFA, one model, CLIP-initialised ViT", r, "vqa_") for r in records(OFA_CLIP)]
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins", r, "vqa_")
            for r in records(OFA_CLIP_BINS)]
+  rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
+            "vqa_") for r in records(OFA_CLIP_PROMPT)]
   for name, r, p in rows:
     cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
     print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
@@ -103,6 +111,10 @@ def grounding_table():
            for r in records(OFA_CLIP)]
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins", r, "grounding_")
            for r in records(OFA_CLIP_BINS)]
+  rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
+            "grounding_") for r in records(OFA_CLIP_PROMPT)]
+  rows += [("OFA trained on grounding alone, CLIP-initialised ViT, Gaussian bins", r,
+            "grounding_") for r in records(OFA_CLIP_GROUNDING_ONLY)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {with_se(r[p + 'acc@0.5'], GROUNDING_IMAGES)} | "
           f"{r[p + 'acc@0.75']:.3f} | {r[p + 'mean_iou']:.3f} |")

@@ -58,7 +58,12 @@ def grounding_table():
   print("|---|---|---|---|---|")
   for name, path in [("Captioner, coordinate tokens", EXPERIMENTS / "grounding_shapeworld" /
                       "metrics_tokens_600steps.jsonl"),
-                     ("unified decoder, coordinate tokens", HERE / "metrics_grounding.jsonl")]:
+                     ("unified decoder, coordinate tokens", HERE / "metrics_grounding.jsonl"),
+                     # Both again with Gaussian bin targets (bin_sigma 2, the default now).
+                     ("Captioner, coordinate tokens, Gaussian bin targets",
+                      EXPERIMENTS / "grounding_shapeworld" / "metrics_tokens_sigma2_600steps.jsonl"),
+                     ("unified decoder, coordinate tokens, Gaussian bin targets",
+                      HERE / "metrics_grounding_bins.jsonl")]:
     for r in records(path):
       print(f"| {name} | {r['step']} | {with_se(r['acc@0.5'], GROUNDING_IMAGES)} | "
             f"{r['acc@0.75']:.3f} | {r['mean_iou']:.3f} |")

@@ -5,7 +5,8 @@ form that never materialises the `[N, N]` logits. The `*_sharded` variants run i
 `jax.shard_map` and pass text shards around a ring. `grad_cached_value_and_grad` computes a
 training step's gradient one chunk of the batch at a time (GradCache). `mine_itm_negatives`
 and `itm_loss` are BLIP's image-text matching with negatives mined from ITC similarities.
-`caption_loss` is the masked next-token cross-entropy of teacher-forced text decoders.
+`caption_loss` is the masked next-token cross-entropy of teacher-forced text decoders;
+`coordinate_tokens.token_nll` gives its coordinate-bin targets Gaussian widths.
 """
 from mmjax.losses.captioning import caption_loss
 from mmjax.losses.contrastive import clip_loss
