@@ -61,7 +61,8 @@ def grounding_table():
                      ("unified decoder, coordinate tokens", HERE / "metrics_grounding.jsonl"),
                      # Both again with Gaussian bin targets (bin_sigma 2, the default now).
                      ("Captioner, coordinate tokens, Gaussian bin targets",
-                      EXPERIMENTS / "grounding_shapeworld" / "metrics_tokens_sigma2_600steps.jsonl"),
+                      EXPERIMENTS / "grounding_shapeworld" /
+                      "metrics_tokens_sigma2_600steps.jsonl"),
                      ("unified decoder, coordinate tokens, Gaussian bin targets",
                       HERE / "metrics_grounding_bins.jsonl")]:
     for r in records(path):

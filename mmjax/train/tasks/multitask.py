@@ -236,9 +236,10 @@ class MultiTask(Task):
     prompt_length = rows.get("prompt_length")
     if prompt_length is None or prompt_length.shape != (len(image) * k,) or np.any(
         (prompt_length < 1) | (prompt_length >= data.context_length)):
+      got = None if prompt_length is None else np.shape(batch["prompt_length"])
       raise ValueError(f"batch at step {step}: prompt_length must be int [{len(image)}, {k}] in "
                        f"[1, data.context_length={data.context_length}) (the decoder prompt's "
-                       f"tokens), got {None if prompt_length is None else np.shape(batch['prompt_length'])}")
+                       f"tokens), got {got}")
 
   # -- model ----------------------------------------------------------------------------------
 
