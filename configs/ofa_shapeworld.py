@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   d = vqa.model
   c.model = ml_collections.ConfigDict(dict(
       name="ofa", vision_encoder=common.vision_transformer(), image_positions=128,
+      image_position_embedding="learned",
       width=d.text_width, encoder_layers=d.text_layers, decoder_layers=d.text_layers,
       num_heads=d.text_heads, mlp_ratio=d.mlp_ratio, dtype=d.dtype,
       attention_impl=d.attention_impl, remat=d.remat))

@@ -53,6 +53,9 @@ OFA_CLIP_BINS = HERE / "metrics_ofa_clip_init_bins.jsonl"
 OFA_CLIP_PROMPT = HERE / "metrics_ofa_clip_init_prompt.jsonl"
 # And trained on grounding alone (tasks.caption=0, tasks.vqa=0; 600 steps of 96 grounding rows).
 OFA_CLIP_GROUNDING_ONLY = HERE / "metrics_ofa_clip_init_grounding_only.jsonl"
+# The Gaussian-bins run with 64 images a step, 2 rows each (batch_size=64, rows_per_image=2).
+OFA_CLIP_B64 = HERE / "metrics_ofa_clip_init_b64x2.jsonl"
+B64_NAME = "OFA, one model, CLIP-initialised ViT, Gaussian bins, 64 images x 2 rows"
 VQA_CLASSIFIER_CLIP = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_clip_init_600steps.jsonl"
 VQA_CLASSIFIER_CLIP_2000 = (EXPERIMENTS / "vqa_shapeworld" /
                             "metrics_classifier_clip_init_2000steps.jsonl")
@@ -77,6 +80,7 @@ def caption_table(singles):
            for r in records(OFA_CLIP_BINS)]
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
             "caption_") for r in records(OFA_CLIP_PROMPT)]
+  rows += [(B64_NAME, r, "caption_") for r in records(OFA_CLIP_B64)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
           f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
@@ -96,6 +100,7 @@ def vqa_table():
            for r in records(OFA_CLIP_BINS)]
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
             "vqa_") for r in records(OFA_CLIP_PROMPT)]
+  rows += [(B64_NAME, r, "vqa_") for r in records(OFA_CLIP_B64)]
   for name, r, p in rows:
     cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
     print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
@@ -113,11 +118,42 @@ def grounding_table():
            for r in records(OFA_CLIP_BINS)]
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
             "grounding_") for r in records(OFA_CLIP_PROMPT)]
+  rows += [(B64_NAME, r, "grounding_") for r in records(OFA_CLIP_B64)]
   rows += [("OFA trained on grounding alone, CLIP-initialised ViT, Gaussian bins", r,
             "grounding_") for r in records(OFA_CLIP_GROUNDING_ONLY)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {with_se(r[p + 'acc@0.5'], GROUNDING_IMAGES)} | "
           f"{r[p + 'acc@0.75']:.3f} | {r[p + 'mean_iou']:.3f} |")
+
+
+# OFA trained on grounding alone for 600 steps, varying one thing at a time (the first is the
+# reference): images per step x rows per image, the ViT's start, the encoder's depth and the
+# image positions, each read from the run's config.
+GROUNDING_SWEEP = ("grounding_b64", "grounding_b32", "grounding_b32x3", "grounding_b32x3_sincos",
+                   "grounding_b64_no_encoder", "grounding_b64_clip_init")
+BY_OBJECTS = HERE / "grounding_by_objects.json"
+
+
+def grounding_sweep_table():
+  by_objects = json.loads(BY_OBJECTS.read_text())
+  print("| run | images / step x rows / image | ViT start | encoder layers | image positions | "
+        "acc@0.5 | 1 object | 2 objects | 3 objects | mean IoU | last train loss |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for name in GROUNDING_SWEEP:
+    config = json.loads((HERE / f"config_ofa_{name}.json").read_text())
+    last = records(HERE / f"metrics_ofa_{name}.jsonl")[-1]
+    loss = [r["loss"] for r in records(HERE / f"train_ofa_{name}.jsonl") if "loss" in r][-4:]
+    split = by_objects[f"ofa_{name}"]
+    if abs(split["acc@0.5"] - last["grounding_acc@0.5"]) > 1e-6:
+      raise ValueError(f"{BY_OBJECTS.name} does not hold the last eval of {name}")
+    start = "CLIP" if config["init_from"]["workdir"] else "scratch"
+    cells = " | ".join(with_se(split[f"acc@0.5_{n}_objects"], split[f"num_{n}_objects"])
+                       for n in (1, 2, 3))
+    print(f"| {name} | {config['batch_size']} x {config['data']['rows_per_image']} | {start} | "
+          f"{config['model']['encoder_layers']} | "
+          f"{config['model'].get('image_position_embedding', 'learned')} | "
+          f"{with_se(last['grounding_acc@0.5'], GROUNDING_IMAGES)} | {cells} | "
+          f"{last['grounding_mean_iou']:.3f} | {sum(loss) / len(loss):.3f} |")
 
 
 def gap_table(singles, ofa_path=OFA, clip=False):
@@ -161,6 +197,7 @@ def main():
   singles = single_object_images()
   for title, table in [("Captioning", lambda: caption_table(singles)), ("VQA", vqa_table),
                        ("Grounding", grounding_table),
+                       ("OFA trained on grounding alone: what it needs", grounding_sweep_table),
                        ("OFA against the dedicated heads", lambda: gap_table(singles)),
                        ("OFA with a CLIP-initialised ViT against the dedicated heads",
                         lambda: gap_table(singles, OFA_CLIP, clip=True)),

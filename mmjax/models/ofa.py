@@ -54,6 +54,7 @@ class OFAEncoder(nn.Module):
   Attributes:
     vocab_size, source_length: the instruction's vocabulary and longest length (Ls).
     image_positions: learned image positions (at least the vision encoder's T tokens).
+    image_position_embedding: "learned" or "sincos" (fixed 2-D, see `ImageProjector`).
   """
   vocab_size: int
   source_length: int
@@ -68,13 +69,16 @@ class OFAEncoder(nn.Module):
   attention_impl: str = "einsum"
   remat: bool = False
   gelu_approximate: bool = True
+  image_position_embedding: str = "learned"
 
   @nn.compact
   def __call__(self, vision_tokens: jax.Array,
                instruction: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`vision_tokens` `[B, T, Wv]`, `instruction` int `[B, Ls]` (pad = `pad_id`)."""
     image = ImageProjector(self.width, self.image_positions, "linear", dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="image_proj")(vision_tokens)
+                           param_dtype=self.param_dtype,
+                           position_embedding=self.image_position_embedding,
+                           name="image_proj")(vision_tokens)
     text = embed_tokens(self, instruction, vocab_size=self.vocab_size, width=self.width,
                         max_length=self.source_length)
     type_embed = self.param("type_embed", nn.with_logical_partitioning(
@@ -100,6 +104,8 @@ class OFA(nn.Module):
     max_length: the decoder's learned positions (BOS + target + EOS).
     source_length: the encoder's learned instruction positions.
     image_positions: learned image positions, >= the vision encoder's tokens per image.
+    image_position_embedding: "learned" ("image_proj"/"pos_embed") or "sincos" (fixed 2-D
+      positions of the patch grid, no parameter; see `ImageProjector`).
     width, encoder_layers, decoder_layers, num_heads, mlp_ratio: the transformer.
     pad_id: padding id of the instruction (masked out of attention).
     decode: build the KV-cached decoder; set by `init_cache`/`decode_step`, not by users.
@@ -120,13 +126,15 @@ class OFA(nn.Module):
   attention_impl: str = "einsum"
   remat: bool = False
   gelu_approximate: bool = True
+  image_position_embedding: str = "learned"
   decode: bool = False
 
   def setup(self):
     self.encoder = OFAEncoder(
         self.vocab_size, self.source_length, self.image_positions, self.width,
         self.encoder_layers, self.num_heads, self.mlp_ratio, self.pad_id, self.dtype,
-        self.param_dtype, self.attention_impl, self.remat, self.gelu_approximate)
+        self.param_dtype, self.attention_impl, self.remat, self.gelu_approximate,
+        self.image_position_embedding)
     self.decoder = TextDecoder(
         self.vocab_size, self.max_length, self.width, self.decoder_layers, self.num_heads,
         self.mlp_ratio, cross_attention=True, dtype=self.dtype, param_dtype=self.param_dtype,

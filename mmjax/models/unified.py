@@ -37,6 +37,7 @@ slot MK + its text position, so image tokens are never recomputed.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -45,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.nn import initializers
+from mmjax.nn.positions import sincos_2d_positions
 from mmjax.nn.text import embed_tokens
 from mmjax.nn.transformer import DEFAULT_LAYER_NORM_EPSILON, Transformer, dense
 
@@ -54,6 +56,7 @@ PyTree = Any
 # Stands for "an image goes here" in images-first rows; no tokenizer emits a negative id.
 _PREFIX_PLACEHOLDER = -1
 PROJECTORS = ("mlp", "linear")
+IMAGE_POSITIONS = ("learned", "sincos")
 
 
 class UnifiedCache(NamedTuple):
@@ -110,11 +113,17 @@ def check_placeholders(tokens: jax.Array, placeholder_id: int, num_images: int) 
 
 
 class ImageProjector(nn.Module):
-  """Vision tokens `[N, T, Wv]` -> LM embeddings `[N, T, D]` plus learned image positions.
+  """Vision tokens `[N, T, Wv]` -> LM embeddings `[N, T, D]` plus image positions.
 
   Attributes:
     kind: "mlp" (LLaVA-1.5: `depth` Dense layers, GELU between) or "linear" (LLaVA-1).
     max_tokens: learned positions ("pos_embed" `[max_tokens, D]`); T must not exceed it.
+    position_embedding: "learned" ("pos_embed", normal(0.02) init) or "sincos": fixed 2-D
+      sin-cos positions of the patch grid (`mmjax.nn.positions.sincos_2d_positions`; no parameter),
+      for T = S^2 patch tokens or T = 1 + S^2 with a class token first (which gets none). A
+      box read off the image tokens needs their place in the grid; fixed positions give it
+      from step 0 and are of the order of the projected tokens, where learned ones start
+      0.02-small and must be learned first.
   """
   width: int
   max_tokens: int
@@ -123,9 +132,13 @@ class ImageProjector(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
+  position_embedding: str = "learned"
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    if self.position_embedding not in IMAGE_POSITIONS:
+      raise ValueError(f"image position_embedding must be one of {IMAGE_POSITIONS}, got "
+                       f"{self.position_embedding!r}")
     if self.kind not in PROJECTORS:
       raise ValueError(f"projector must be one of {PROJECTORS}, got {self.kind!r}")
     if self.kind == "mlp" and self.depth < 1:
@@ -140,10 +153,24 @@ class ImageProjector(nn.Module):
         x = nn.gelu(x, approximate=self.gelu_approximate)
       x = dense(self.width, name, ("mlp", "embed"), dtype=self.dtype,
                 param_dtype=self.param_dtype)(x)
+    if self.position_embedding == "sincos":
+      return x + jnp.asarray(grid_positions(x.shape[1], self.width), self.dtype)
     pos = self.param("pos_embed", nn.with_logical_partitioning(initializers.embedding,
                                                                (None, "embed")),
                      (self.max_tokens, self.width), self.param_dtype)
     return x + pos[:x.shape[1]].astype(self.dtype)
+
+
+def grid_positions(num_tokens: int, width: int) -> np.ndarray:
+  """Fixed 2-D sin-cos positions float32 `[T, width]` of T = S^2 row-major patch tokens, or of
+  T = 1 + S^2 tokens whose first (a class token) has no place and gets zeros."""
+  for leading in (0, 1):
+    side = math.isqrt(num_tokens - leading)
+    if side * side == num_tokens - leading and side:
+      grid = sincos_2d_positions(side, side, width)
+      return np.concatenate([np.zeros((leading, width), np.float32), grid])
+  raise ValueError(f"sin-cos image positions need S^2 patch tokens (or 1 + S^2 with a class "
+                   f"token), got {num_tokens} tokens")
 
 
 class UnifiedDecoder(nn.Module):
@@ -158,6 +185,8 @@ class UnifiedDecoder(nn.Module):
     image_token_id: None (images first) or the placeholder id of interleaved rows (module doc).
     drop_class_token: feed the encoder's patch tokens only (LLaVA), not its first token.
     projector, projector_depth: see `ImageProjector` ("mlp" / "linear").
+    image_position_embedding: "learned" ("projector"/"pos_embed") or "sincos" (fixed 2-D
+      positions of the patch grid, no parameter; see `ImageProjector`).
     width, num_layers, num_heads, mlp_ratio: the LM.
     decode: the KV-cached LM; set by `init_cache`/`decode_step`, not by users.
   """
@@ -169,6 +198,7 @@ class UnifiedDecoder(nn.Module):
   drop_class_token: bool = False
   projector: str = "mlp"
   projector_depth: int = 2
+  image_position_embedding: str = "learned"
   width: int = 128
   num_layers: int = 2
   num_heads: int = 4
@@ -247,7 +277,7 @@ class UnifiedDecoder(nn.Module):
       tokens = tokens[:, 1:]
     x = ImageProjector(self.width, self.image_positions, self.projector, self.projector_depth,
                        self.dtype, self.param_dtype, self.gelu_approximate,
-                       name="projector")(tokens)
+                       self.image_position_embedding, name="projector")(tokens)
     return x.reshape((batch, num_images) + x.shape[1:])
 
   def _embed_text(self, tokens: jax.Array, positions: jax.Array | None) -> jax.Array:

@@ -49,11 +49,28 @@ def _layer_norm(x, scale, bias, eps=1e-6):
   return (x - mean) / np.sqrt(var + eps) * scale + bias
 
 
-def test_the_encoder_input_is_the_projected_image_then_the_embedded_instruction(setup):
+def _sincos_grid(side, width):
+  """2-D sin-cos positions of a side x side grid, row-major: [sin, cos] of the row at
+  frequencies 10000^(-k / (width / 4)), then the same of the column."""
+  out = np.zeros((side * side, width))
+  quarter = width // 4
+  for r in range(side):
+    for c in range(side):
+      for k in range(quarter):
+        w = 10000.0 ** (-k / quarter)
+        out[r * side + c, [k, quarter + k, 2 * quarter + k, 3 * quarter + k]] = [
+            np.sin(r * w), np.cos(r * w), np.sin(c * w), np.cos(c * w)]
+  return out
+
+
+@pytest.mark.parametrize("positions", ["learned", "sincos"])
+def test_the_encoder_input_is_the_projected_image_then_the_embedded_instruction(setup,
+                                                                                 positions):
   """With no encoder layers the memory is ln_final([image_proj(ViT) + image pos + type 0;
-  token embed + pos + type 1]): transcribed in numpy."""
+  token embed + pos + type 1]): transcribed in numpy. The image positions are learned, or the
+  fixed 2-D sin-cos grid (none for the class token)."""
   model, _, images = setup
-  shallow = _model(encoder_layers=0)
+  shallow = _model(encoder_layers=0, image_position_embedding=positions)
   params = randomised(nn.unbox(fast_jit(shallow.init)(
       jax.random.key(3), images, jnp.asarray(INSTRUCTION),
       jnp.ones((4, MAX_LENGTH), jnp.int32))["params"]), 4)
@@ -63,7 +80,12 @@ def test_the_encoder_input_is_the_projected_image_then_the_embedded_instruction(
   vision, _ = vit.apply({"params": params["vision_encoder"]}, images)
   enc = jax.tree.map(np.asarray, params["encoder"])
   image = np.asarray(vision) @ enc["image_proj"]["fc"]["kernel"] + enc["image_proj"]["fc"]["bias"]
-  image = image + enc["image_proj"]["pos_embed"][:PER_IMAGE] + enc["type_embed"][0]
+  if positions == "learned":
+    image_pos = enc["image_proj"]["pos_embed"][:PER_IMAGE]
+  else:
+    assert "pos_embed" not in enc["image_proj"]  # fixed: nothing to train or warm-start
+    image_pos = np.concatenate([np.zeros((1, WIDTH)), _sincos_grid(2, WIDTH)])
+  image = image + image_pos + enc["type_embed"][0]
   text = (enc["token_embed"]["embedding"][INSTRUCTION] + enc["pos_embed"][:INSTRUCTION.shape[1]]
           + enc["type_embed"][1])
   expected = np.concatenate([np.repeat(image, 2, axis=0), text], axis=1)
@@ -131,3 +153,16 @@ def test_bad_inputs_fail_naming_the_problem(setup):
                 jnp.ones((4, MAX_LENGTH + 1), jnp.int32))
   with pytest.raises(ValueError, match=r"cache max_length must be in \[1, 8\]"):
     model.init_cache(params, images, MAX_LENGTH + 1, instruction=jnp.asarray(INSTRUCTION))
+
+
+def test_bad_image_positions_fail_naming_the_problem():
+  images = jnp.zeros((2, 16, 16, 3))
+  init = lambda model, imgs: model.init(jax.random.key(0), imgs, jnp.asarray(INSTRUCTION),
+                                        jnp.ones((4, MAX_LENGTH), jnp.int32))
+  with pytest.raises(ValueError, match=r"position_embedding must be one of \('learned', "
+                                       r"'sincos'\), got 'rope'"):
+    init(_model(image_position_embedding="rope"), images)
+  # 16 x 24 px: 2 x 3 patches and a class token, not a square grid.
+  with pytest.raises(ValueError, match=r"need S\^2 patch tokens \(or 1 \+ S\^2 with a class "
+                                       r"token\), got 7 tokens"):
+    init(_model(image_position_embedding="sincos"), jnp.zeros((2, 16, 24, 3)))

@@ -10,6 +10,7 @@ import pytest
 
 from mmjax import decoding
 from mmjax.models import build_model
+from mmjax.nn.positions import sincos_2d_positions
 from mmjax.nn.transformer import Transformer
 from mmjax.train import sharding
 
@@ -53,7 +54,14 @@ def _projected_images(model, params, images):
                         images.reshape((-1,) + images.shape[2:]))
   proj = params["projector"]
   h = _gelu_tanh(np.asarray(tokens) @ proj["fc1"]["kernel"] + proj["fc1"]["bias"])
-  h = h @ proj["fc2"]["kernel"] + proj["fc2"]["bias"] + proj["pos_embed"][:h.shape[1]]
+  if model.drop_class_token:
+    h = h[:, 1:]
+  h = h @ proj["fc2"]["kernel"] + proj["fc2"]["bias"]
+  if model.image_position_embedding == "learned":
+    h = h + proj["pos_embed"][:h.shape[1]]
+  else:  # the 2 x 2 patch grid (sincos_2d_positions is checked against numpy in test_dit)
+    assert "pos_embed" not in proj
+    h = h + sincos_2d_positions(2, 2, h.shape[-1])
   return np.asarray(h).reshape(batch, num_images, h.shape[1], -1)
 
 
@@ -105,6 +113,22 @@ def test_images_first_rows_equal_the_hand_built_splice(interleaved):
   rows = [[("image", 0), ("image", 1), *map(int, row)] for row in text]
   expected = _hand_built_logits(model, params, images, rows)[:, 2:]
   np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=2e-4)
+
+
+def test_fixed_grid_positions_of_the_patch_tokens_equal_the_hand_built_splice():
+  """With "sincos" image positions and the class token dropped, each image's 4 patch tokens
+  carry the 2-D sin-cos positions of their 2 x 2 grid (no trained positions)."""
+  model = _model(image_token_id=IMAGE, image_position_embedding="sincos", drop_class_token=True)
+  images = jax.random.uniform(jax.random.key(7), (2, 2, 16, 16, 3))
+  params = randomised(nn.unbox(fast_jit(model.init)(jax.random.key(8), images,
+                                                    jnp.asarray(INTERLEAVED))["params"]), 9)
+  logits = fast_jit(model.apply)({"params": params}, images, jnp.asarray(INTERLEAVED))
+  rows = []
+  for row in INTERLEAVED:
+    rank = iter(range(2))
+    rows.append([("image", next(rank)) if t == IMAGE else int(t) for t in row])
+  np.testing.assert_allclose(logits, _hand_built_logits(model, params, images, rows),
+                             atol=2e-4, rtol=2e-4)
 
 
 def _images_first_setup():
