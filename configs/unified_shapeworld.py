@@ -51,7 +51,8 @@ def unified_decoder(captioner: ml_collections.ConfigDict) -> ml_collections.Conf
   # image_position_embedding: "learned" or "sincos" (fixed 2-D grid positions).
   return ml_collections.ConfigDict(dict(
       name="unified_decoder", vision_encoder=vision, image_positions=128,
-      image_position_embedding="learned", projector="mlp", projector_depth=2, width=c.text_width, num_layers=c.text_layers,
+      image_position_embedding="learned", projector="mlp", projector_depth=2,
+      width=c.text_width, num_layers=c.text_layers,
       num_heads=c.text_heads, mlp_ratio=c.mlp_ratio, dtype=c.dtype,
       attention_impl=c.attention_impl, remat=c.remat))
 

@@ -120,10 +120,9 @@ class ImageProjector(nn.Module):
     max_tokens: learned positions ("pos_embed" `[max_tokens, D]`); T must not exceed it.
     position_embedding: "learned" ("pos_embed", normal(0.02) init) or "sincos": fixed 2-D
       sin-cos positions of the patch grid (`mmjax.nn.positions.sincos_2d_positions`; no parameter),
-      for T = S^2 patch tokens or T = 1 + S^2 with a class token first (which gets none). A
-      box read off the image tokens needs their place in the grid; fixed positions give it
-      from step 0 and are of the order of the projected tokens, where learned ones start
-      0.02-small and must be learned first.
+      for T = S^2 patch tokens or T = 1 + S^2 with a class token first (which gets none).
+      They are of the order of the projected tokens from step 0, where learned ones start
+      0.02-small (on ShapeWorld grounding they did not help: experiments/ofa_shapeworld).
   """
   width: int
   max_tokens: int
