@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = vqa.data
   c.data.rows_per_image = 3
+  # "sampled": each row's task drawn by c.tasks; "every": row k is the k-th task of positive
+  # probability (mod their number), so with 3 rows every image is captioned, asked and grounded.
+  c.data.row_tasks = "sampled"
   # The target: BOS + a 3-object caption of up to 20 words + EOS. The instruction: BOS + a
   # question of up to 14 words (or the grounding prompt around a 5-word expression) + EOS.
   c.data.context_length = 22

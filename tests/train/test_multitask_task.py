@@ -82,6 +82,14 @@ def test_rows_are_each_tasks_instruction_and_target_from_the_scene():
   only = MultiTask(tiny_config("tasks.vqa=0.0", "tasks.grounding=0.0"))
   rows = [only._loader(source)(i, i)["task"] for i in range(20)]
   assert np.all(np.concatenate(rows) == TASKS.index("caption"))
+  # row_tasks "every": row k is the (k mod n)-th task of positive probability, on every image.
+  every = MultiTask(tiny_config("data.row_tasks=every"))
+  rows = np.stack([every._loader(source)(i, i)["task"] for i in range(20)])
+  np.testing.assert_array_equal(rows, np.tile([0, 1, 2], (20, 1)))
+  two = MultiTask(tiny_config("data.row_tasks=every", "data.rows_per_image=5", "tasks.vqa=0.0"))
+  rows = np.stack([two._loader(source)(i, i)["task"] for i in range(20)])
+  caption, grounding = TASKS.index("caption"), TASKS.index("grounding")
+  np.testing.assert_array_equal(rows, np.tile([caption, grounding] * 2 + [caption], (20, 1)))
 
 
 def test_bins_round_trip_within_half_a_bin():
@@ -317,6 +325,9 @@ def test_bad_input_raises_clear_errors():
     MultiTask(tiny_config("eval.num_questions=7"))
   with pytest.raises(ValueError, match="data.rows_per_image must be >= 1, got 0"):
     MultiTask(tiny_config("data.rows_per_image=0"))
+  with pytest.raises(ValueError, match=r"data.row_tasks must be one of \('sampled', 'every'\)"
+                                       r".*got 'cycled'"):
+    MultiTask(tiny_config("data.row_tasks=cycled"))
   with pytest.raises(ValueError, match="unknown task 'ocr'; the instruction tasks are"):
     instruction("ocr", "read the text")
   task = MultiTask(tiny_config())

@@ -1,9 +1,12 @@
 """Instruction multi-task learning on ShapeWorld (OFA): one model, one vocabulary, every task.
 
 Each training image carries `data.rows_per_image` (K) rows, each one task's (instruction,
-target), the task of row k drawn with probabilities `config.tasks` (normalised) by
-`pipeline.example_rng(seed, epoch, index, f"task/{k}")`; the image goes through the vision
-encoder once for its K rows (`batch_size` counts images):
+target). With `data.row_tasks="sampled"` the task of row k is drawn with probabilities
+`config.tasks` (normalised) by `pipeline.example_rng(seed, epoch, index, f"task/{k}")`; with
+"every", row k takes the (k mod n)-th of the n tasks of positive probability (in `TASKS`
+order), so K = n gives every image one row of every task and each task sees all `batch_size`
+images a step. The image goes through the vision encoder once for its K rows (`batch_size`
+counts images):
 
   caption    "what does the image describe ?"                 -> one of the 5 captions
   vqa        the question ("how many circles are there ?")    -> the answer's words
@@ -61,6 +64,7 @@ from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_
 
 TASKS = ("caption", "vqa", "grounding")
 PROMPT_TYPES = ("none", "prev_output")   # the decoder's prompt: BOS, or BOS + instruction
+ROW_TASKS = ("sampled", "every")        # row k's task: drawn by config.tasks, or task k mod n
 CAPTION_INSTRUCTION = "what does the image describe ?"
 GROUNDING_INSTRUCTION = 'which region does the text " {} " describe ?'
 INSTRUCTION_WORDS = ("does", "describe", "which", "region", "text", '"')
@@ -118,7 +122,10 @@ class _LoadInstruction:
     image = pipeline.check_image(item["image"], index, self.image_shape)
     rows, tasks = [], []
     for k in range(self.rows_per_image):
-      task = TASKS[int(rng(f"task/{k}").choice(len(TASKS), p=self.probabilities))]
+      if self.row_tasks == "every":
+        task = self.active_tasks[k % len(self.active_tasks)]
+      else:
+        task = TASKS[int(rng(f"task/{k}").choice(len(TASKS), p=self.probabilities))]
       if task == "caption":
         captions = item["captions"]
         rows.append(self.caption(captions[int(rng(f"caption/{k}").integers(len(captions)))]))
@@ -182,6 +189,10 @@ class MultiTask(Task):
     self.rows_per_image = int(config.data.rows_per_image)
     if self.rows_per_image < 1:
       raise ValueError(f"data.rows_per_image must be >= 1, got {self.rows_per_image}")
+    self.row_tasks = config.data.get("row_tasks", "sampled")
+    if self.row_tasks not in ROW_TASKS:
+      raise ValueError(f"data.row_tasks must be one of {ROW_TASKS} (rows' tasks drawn by "
+                       f"config.tasks, or every task in turn), got {self.row_tasks!r}")
     ev = config.eval
     if ev.num_questions <= 0 or ev.num_questions % QUESTIONS_PER_IMAGE:
       raise ValueError(f"eval.num_questions must be a positive multiple of "
@@ -212,7 +223,7 @@ class MultiTask(Task):
     data = self.config.data
     return _LoadInstruction(source, self.tokenizer, self.probabilities, self.config.seed,
                             data.source_length, data.context_length, self.num_bins,
-                            self.rows_per_image, self.prompt_type)
+                            self.rows_per_image, self.prompt_type, self.row_tasks)
 
   def train_batches(self, process_index: int, process_count: int):
     return example_train_batches(self.config, self._loader, process_index, process_count)
