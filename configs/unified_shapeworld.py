@@ -24,11 +24,15 @@ Two-stage training (LLaVA), e.g. for VQA ("caption_stage1", ... likewise):
 Stage 1 trains the projector alone between the frozen CLIP vision tower and the frozen
 text-only LM (configs/lm_shapeworld.py: same width, depth and vocabulary; the rows take the
 LM's 22 positions); stage 2 starts from all of stage 1 and trains everything but the vision
-tower.
+tower. The caption stages take the CLIP run's tower and its 64 px, 1-3 object scenes. For
+grounding, whose vocabulary adds location bins after the LM's words, stage 1
+copies the LM's word rows into the grown token embedding and output head
+(`init_from.lm.extend`) and trains those two as well, since the bins' rows start untrained.
 """
 import ml_collections
 
 import caption_shapeworld
+import clip_shapeworld
 import common
 import grounding_shapeworld
 import lm_shapeworld
@@ -74,6 +78,21 @@ def get_config(variant: str = "caption") -> ml_collections.ConfigDict:
     return c
   c.optim.trainable = STAGES[stage]
   pairs = lambda names: tuple(f"{name}:{name}" for name in names)
+  if task == "caption":
+    # The CLIP tower is a 3-layer, patch-2 ViT over 64 px; the Captioner's config is 32 px,
+    # 1-2 objects with a 2-layer ViT. The stages caption OFA's scenes (64 px, 1-3 objects)
+    # with CLIP's tower, as the 64 px Captioner of experiments/ofa_shapeworld does.
+    clip = clip_shapeworld.get_config()
+    tower = clip.model.image_encoder
+    c.model.vision_encoder.update(dict(
+        stem_channels=tuple(tower.stem_channels), patch_size=tower.patch_size,
+        width=tower.width, num_layers=tower.num_layers, num_heads=tower.num_heads,
+        mlp_ratio=tower.mlp_ratio))
+    c.data.image_size, c.data.num_objects = clip.data.image_size, (1, 3)
+  if stage == "_stage1" and task == "grounding":
+    # The location bins are new tokens after the LM's words: their embedding and output rows
+    # start untrained, so stage 1 trains the token embedding and the output head too.
+    c.optim.trainable = STAGES[stage] + ("token_embed", "lm_head")
   if stage == "_stage1":
     # Half the task's steps: only the projector learns, to map image tokens into the LM.
     c.total_steps = c.total_steps // 2
@@ -83,6 +102,8 @@ def get_config(variant: str = "caption") -> ml_collections.ConfigDict:
     c.init_from = ml_collections.ConfigDict(dict(
         vision=common.warm_start(("image_encoder:vision_encoder",)),
         lm=common.warm_start(pairs(LM_PARAMS))))
+    if task == "grounding":  # the LM's word rows fill the leading rows of the grown vocabulary
+      c.init_from.lm.extend = ("token_embed", "lm_head")
   else:
     c.data.context_length = get_config(f"{task}_stage1").data.context_length
     c.init_from = ml_collections.ConfigDict(dict(

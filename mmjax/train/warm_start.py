@@ -22,6 +22,12 @@ Each pair names a subtree by its '/'-separated keys in the source run's params a
 run's params; the two must have the same keys, shapes and dtypes (an error lists what
 differs). Only a fresh run is warm-started: a resumed run restores its own checkpoint.
 
+A source may list `extend=("token_embed", "lm_head")`: target paths under which a leaf may be
+larger than the source's along one axis (a vocabulary grown by new tokens, e.g. location bins
+after a text LM's words). The source's values fill the leading slice of that axis; the rest
+keeps this run's initialisation, so new rows must be trained (name them in
+`optim.trainable`).
+
 Instead of a run, `checkpoint="ViT-B-32.safetensors"` names a public open_clip / OpenAI CLIP
 state dict, converted by `mmjax.convert.load_clip` (`quick_gelu` as there: None decides from
 the file); its params have CLIP's keys (image_encoder, text_encoder, image_proj, text_proj,
@@ -32,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mmjax.train.restore import restore_params
@@ -83,6 +90,29 @@ def check_same_structure(source: PyTree, target: PyTree, mapping: str) -> None:
     shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
     raise ValueError(f"init_from.params {mapping!r}: the subtrees differ ({shown}); the source "
                      "run must have the same architecture for this part")
+
+
+def extended_leaves(source: PyTree, target: PyTree, mapping: str) -> PyTree:
+  """`source` with each leaf smaller than `target`'s along exactly one axis (same rank and
+  dtype) written into the leading slice of that axis of `target`'s leaf; other leaves as they
+  are (`check_same_structure` then judges them). A leaf larger than the target's, or one that
+  differs along several axes, is a ValueError naming it."""
+  flat_target = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
+
+  def grow(path, s):
+    key = jax.tree_util.keystr(path)
+    t = flat_target.get(key)
+    if t is None or s.shape == t.shape or s.ndim != t.ndim or s.dtype != t.dtype:
+      return s
+    differ = [axis for axis in range(s.ndim) if s.shape[axis] != t.shape[axis]]
+    if len(differ) != 1 or s.shape[differ[0]] > t.shape[differ[0]]:
+      raise ValueError(f"init_from.params {mapping!r}: {key} is {list(s.shape)} in the source "
+                       f"and {list(t.shape)} here; `extend` grows one axis, smaller in the "
+                       "source, and no other")
+    leading = tuple(slice(0, n) for n in s.shape)
+    return jnp.asarray(t).at[leading].set(s)
+
+  return jax.tree_util.tree_map_with_path(grow, source)
 
 
 def source_config(init_from: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -153,14 +183,17 @@ def _warm_start_from(params: PyTree, init_from: ml_collections.ConfigDict, mesh,
                             step=None if step is None or step < 0 else int(step),
                             devices=mesh.devices.flatten())
     source_params, origin, source_step = source.params, init_from.workdir, f"step {source.step}"
+  extend = [tuple(p.strip("/").split("/")) for p in init_from.get("extend", ())]
   lines = []
   for item, (source_path, target_path) in zip(init_from.params, mappings):
     copied = get_subtree(source_params, source_path, f"the source's ({origin})")
     target = get_subtree(params, target_path, "this run's")
+    count = sum(x.size for x in jax.tree.leaves(copied))
+    if any(target_path[:len(prefix)] == prefix for prefix in extend):
+      copied = extended_leaves(copied, target, item)
     check_same_structure(copied, target, item)
     placed = jax.device_put(copied, get_subtree(param_shardings, target_path, "this run's"))
     params = set_subtree(params, target_path, placed)
-    count = sum(x.size for x in jax.tree.leaves(copied))
     lines.append(f"warm start: {'/'.join(target_path)} <- {origin} {source_step} "
                  f"{'/'.join(source_path)} ({count:,} values)")
   return params, lines

@@ -117,8 +117,17 @@ def test_llava_stages_are_the_unified_config_but_for_what_trains_and_where_it_st
   path = ROOT / "configs" / "unified_shapeworld.py"
   plain, one, two = (load_config(f"{path}:{task}{s}") for s in ("", "_stage1", "_stage2"))
   lm = load_config(ROOT / "configs" / "lm_shapeworld.py")
-  for key in set(plain) - {"init_from", "optim", "data", "total_steps", "checkpoint_every"}:
+  for key in set(plain) - {"init_from", "optim", "data", "total_steps", "checkpoint_every",
+                           "model"}:
     assert one[key] == plain[key] == two[key], key
+  assert one.model == two.model
+  for key in set(plain.model) - {"vision_encoder"}:
+    assert one.model[key] == plain.model[key], key
+  # Both stages take the CLIP run's tower, at its image size (captioning's own is 32 px).
+  clip = load_config(CONFIG)
+  for key in one.model.vision_encoder:
+    assert one.model.vision_encoder[key] == clip.model.image_encoder[key], key
+  assert one.data.image_size == two.data.image_size == clip.data.image_size
   assert one.total_steps == plain.total_steps // 2 and two.total_steps == plain.total_steps
   assert one.data.context_length == two.data.context_length == lm.data.context_length
   assert tuple(one.optim.trainable) == ("projector",)
@@ -131,6 +140,16 @@ def test_llava_stages_are_the_unified_config_but_for_what_trains_and_where_it_st
       "vision_encoder", "projector", "token_embed", "pos_embed", "transformer", "lm_head"}
   for key in ("width", "num_layers", "num_heads", "mlp_ratio"):
     assert plain.model[key] == lm.model[key], key
+
+
+def test_llava_grounding_stage1_grows_the_lms_vocabulary_by_the_bins_and_trains_their_rows():
+  path = ROOT / "configs" / "unified_shapeworld.py"
+  one, two = (load_config(f"{path}:grounding{s}") for s in ("_stage1", "_stage2"))
+  assert tuple(one.init_from.lm.extend) == ("token_embed", "lm_head")
+  assert set(one.optim.trainable) == {"projector", "token_embed", "lm_head"}
+  assert set(two.optim.trainable) == {"projector", "token_embed", "pos_embed", "transformer",
+                                      "lm_head"}
+  assert "extend" not in two.init_from.stage1   # stage 1's vocabulary is already grown
 
 
 def test_flamingo_takes_its_lm_and_vision_tower_from_the_runs_it_warm_starts_from():

@@ -119,6 +119,40 @@ def test_named_sources_each_copy_their_subtrees_and_empty_ones_are_skipped(clip_
     warm_start(params, bad, mesh, shardings)
 
 
+def test_extend_fills_the_leading_slice_of_a_grown_axis_and_keeps_the_rest(clip_run):
+  """A vocabulary grown by new tokens: `extend` copies the source into the leading rows of the
+  grown axis; the new rows keep this run's values. Without `extend`, or with a source larger
+  than the target, the copy fails naming the leaf."""
+  import ml_collections
+  from jax.sharding import NamedSharding, PartitionSpec
+  from mmjax.train import sharding
+  from mmjax.train.warm_start import warm_start
+  workdir, clip_result = clip_run
+  source = np.asarray(nn_unbox(clip_result.state.params["image_encoder"]["pos_embed"]))
+  axis = source.ndim - 2                                   # the positions axis [.., T, D]
+  grown_shape = list(source.shape)
+  grown_shape[axis] += 3
+  rng = np.random.default_rng(0)
+  params = {"tower": {"pos_embed": rng.normal(size=grown_shape).astype(source.dtype),
+                      "other": np.zeros(2, np.float32)}}
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), params)
+  section = lambda **extra: ml_collections.ConfigDict(dict(
+      workdir=str(workdir), config="", step=-1,
+      params=("image_encoder/pos_embed:tower/pos_embed",), **extra))
+  new, lines = warm_start(params, section(extend=("tower",)), mesh, shardings)
+  expected = params["tower"]["pos_embed"].copy()
+  expected[(slice(None),) * axis + (slice(0, source.shape[axis]),)] = source
+  np.testing.assert_array_equal(np.asarray(new["tower"]["pos_embed"]), expected)
+  np.testing.assert_array_equal(np.asarray(new["tower"]["other"]), params["tower"]["other"])
+  assert f"({source.size:,} values)" in lines[0]
+  with pytest.raises(ValueError, match="the subtrees differ"):
+    warm_start(params, section(), mesh, shardings)
+  shrunk = dict(params, tower=dict(params["tower"], pos_embed=expected[..., :-1]))
+  with pytest.raises(ValueError, match="extend` grows one axis, smaller in the source"):
+    warm_start(shrunk, section(extend=("tower",)), mesh, shardings)
+
+
 def nn_unbox(x):
   return x.unbox() if hasattr(x, "unbox") else x
 
