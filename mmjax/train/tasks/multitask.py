@@ -108,11 +108,12 @@ class _LoadInstruction:
 
   def __init__(self, source, tokenizer: WordTokenizer, probabilities: np.ndarray, seed: int,
                source_length: int, context_length: int, num_bins: int, rows_per_image: int,
-               prompt_type: str = "none"):
+               prompt_type: str = "none", row_tasks: str = "sampled"):
     self.source, self.tokenizer, self.probabilities = source, tokenizer, probabilities
     self.seed, self.source_length, self.context_length = seed, source_length, context_length
     self.num_bins, self.rows_per_image = num_bins, rows_per_image
-    self.prompt_type = prompt_type
+    self.prompt_type, self.row_tasks = prompt_type, row_tasks
+    self.active_tasks = [t for t, p in zip(TASKS, probabilities) if p > 0]
     self.image_shape = (source.image_size, source.image_size, 3)
 
   def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
