@@ -56,6 +56,10 @@ OFA_CLIP_GROUNDING_ONLY = HERE / "metrics_ofa_clip_init_grounding_only.jsonl"
 # The Gaussian-bins run with 64 images a step, 2 rows each (batch_size=64, rows_per_image=2).
 OFA_CLIP_B64 = HERE / "metrics_ofa_clip_init_b64x2.jsonl"
 B64_NAME = "OFA, one model, CLIP-initialised ViT, Gaussian bins, 64 images x 2 rows"
+# From scratch, Gaussian bins, 64 images a step each with one row of every task
+# (batch_size=64, data.row_tasks=every: 64 caption, 64 VQA and 64 grounding rows a step).
+OFA_EVERY = HERE / "metrics_ofa_every_b64.jsonl"
+EVERY_NAME = "OFA, one model, Gaussian bins, every task on each of 64 images a step"
 VQA_CLASSIFIER_CLIP = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_clip_init_600steps.jsonl"
 VQA_CLASSIFIER_CLIP_2000 = (EXPERIMENTS / "vqa_shapeworld" /
                             "metrics_classifier_clip_init_2000steps.jsonl")
@@ -81,6 +85,7 @@ def caption_table(singles):
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
             "caption_") for r in records(OFA_CLIP_PROMPT)]
   rows += [(B64_NAME, r, "caption_") for r in records(OFA_CLIP_B64)]
+  rows += [(EVERY_NAME, r, "caption_") for r in records(OFA_EVERY)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
           f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
@@ -101,6 +106,7 @@ def vqa_table():
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
             "vqa_") for r in records(OFA_CLIP_PROMPT)]
   rows += [(B64_NAME, r, "vqa_") for r in records(OFA_CLIP_B64)]
+  rows += [(EVERY_NAME, r, "vqa_") for r in records(OFA_EVERY)]
   for name, r, p in rows:
     cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
     print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
@@ -119,6 +125,7 @@ def grounding_table():
   rows += [("OFA, one model, CLIP-initialised ViT, Gaussian bins, instruction prompt", r,
             "grounding_") for r in records(OFA_CLIP_PROMPT)]
   rows += [(B64_NAME, r, "grounding_") for r in records(OFA_CLIP_B64)]
+  rows += [(EVERY_NAME, r, "grounding_") for r in records(OFA_EVERY)]
   rows += [("OFA trained on grounding alone, CLIP-initialised ViT, Gaussian bins", r,
             "grounding_") for r in records(OFA_CLIP_GROUNDING_ONLY)]
   for name, r, p in rows:
@@ -202,7 +209,9 @@ def main():
                        ("OFA with a CLIP-initialised ViT against the dedicated heads",
                         lambda: gap_table(singles, OFA_CLIP, clip=True)),
                        ("OFA with a CLIP-initialised ViT and Gaussian bins against the "
-                        "dedicated heads", lambda: gap_table(singles, OFA_CLIP_BINS, clip=True))]:
+                        "dedicated heads", lambda: gap_table(singles, OFA_CLIP_BINS, clip=True)),
+                       ("OFA with every task on each of 64 images a step against the dedicated "
+                        "heads", lambda: gap_table(singles, OFA_EVERY))]:
     print(f"### {title}\n")
     table()
     print()
