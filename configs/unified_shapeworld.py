@@ -28,6 +28,10 @@ tower. The caption stages take the CLIP run's tower and its 64 px, 1-3 object sc
 grounding, whose vocabulary adds location bins after the LM's words, stage 1
 copies the LM's word rows into the grown token embedding and output head
 (`init_from.lm.extend`) and trains those two as well, since the bins' rows start untrained.
+
+Measured wall times on 2 CPU cores (experiments/multimodal_lms): stage 1 / stage 2 take
+1 min 38 s / 2 min 49 s for captioning, 3 min 47 s / 9 min 37 s for VQA (128 questions a
+step) and 1 min 56 s / 3 min 52 s for grounding; the CLIP run 6 min 49 s, the LM 1 min 26 s.
 """
 import ml_collections
 
