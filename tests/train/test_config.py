@@ -206,3 +206,40 @@ def test_common_rejects_misspelt_keys():
   assert common.adamw(1e-3, b2=0.99).b2 == 0.99
   with pytest.raises(ValueError, match=r"common.adamw has no key 'warmup'; its keys are"):
     common.adamw(1e-3, warmup=10)
+
+
+# The overrides experiments/ofa_shapeworld's runs were launched with, which the variants name.
+OFA_VARIANT_OVERRIDES = {
+    "grounding_first": ["tasks.caption=0", "tasks.vqa=0", "total_steps=600", "eval_every=600",
+                        "batch_size=64", "data.rows_per_image=1"],
+    "every": ["batch_size=64", "data.row_tasks=every",
+              "init_from.params=('vision_encoder:vision_encoder','encoder:encoder',"
+              "'decoder:decoder')"]}
+
+
+@pytest.mark.parametrize("variant", sorted(OFA_VARIANT_OVERRIDES))
+def test_ofa_variants_are_the_default_with_the_overrides_their_runs_used(variant):
+  path = ROOT / "configs" / "ofa_shapeworld.py"
+  named = load_config(f"{path}:{variant}")
+  overridden = apply_overrides(load_config(path), OFA_VARIANT_OVERRIDES[variant])
+  assert named.to_dict() == overridden.to_dict()
+  with pytest.raises(ValueError, match=r"takes one of \('grounding_first', 'every'\).*"
+                                       r"got 'evry'"):
+    load_config(f"{path}:evry")
+
+
+def test_ofa_every_warm_starts_every_top_level_parameter_of_the_model():
+  import jax
+  import jax.numpy as jnp
+  from mmjax.models import build_model
+  every = load_config(f"{ROOT / 'configs' / 'ofa_shapeworld.py'}:every")
+  vision = dict(name="vision_transformer", patch_size=8, width=12, num_layers=1, num_heads=2,
+                mlp_ratio=2.0)
+  model = build_model(dict(name="ofa", vision_encoder=vision, image_positions=8, width=16,
+                           encoder_layers=1, decoder_layers=1, num_heads=2, mlp_ratio=2.0),
+                      vocab_size=30, max_length=8, source_length=9)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                          jnp.ones((1, 9), jnp.int32), jnp.ones((1, 8), jnp.int32))
+  pairs = [p.split(":") for p in every.init_from.params]
+  assert all(source == target for source, target in pairs)
+  assert sorted(source for source, _ in pairs) == sorted(shapes["params"])
