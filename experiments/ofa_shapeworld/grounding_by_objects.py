@@ -4,6 +4,8 @@
       runs/ofa_grounding_b64 runs/ofa_grounding_b32 ... \
       --out experiments/ofa_shapeworld/grounding_by_objects.json
 
+Runs already in the --out file keep their entries; the runs named replace theirs.
+
 Each run's own grounding eval set (the first `eval.num_expressions` test images, one expression
 each) is decoded greedily over the bins, as its eval does. A 1-object scene needs no reading of
 the expression: the box of the only object is right. A model that fails there has not learned
@@ -45,7 +47,9 @@ def main():
   parser.add_argument("workdirs", nargs="+", type=pathlib.Path, help="OFA runs' workdirs")
   parser.add_argument("--out", type=pathlib.Path, required=True)
   args = parser.parse_args()
-  result = {w.name: by_objects(w) for w in args.workdirs}
+  # Runs already in --out stay (their workdirs may be gone); the named runs replace theirs.
+  result = json.loads(args.out.read_text()) if args.out.exists() else {}
+  result.update({w.name: by_objects(w) for w in args.workdirs})
   args.out.write_text(json.dumps(result, indent=1) + "\n")
   print(json.dumps(result, indent=1))
 

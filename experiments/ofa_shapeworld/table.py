@@ -60,6 +60,13 @@ B64_NAME = "OFA, one model, CLIP-initialised ViT, Gaussian bins, 64 images x 2 r
 # (batch_size=64, data.row_tasks=every: 64 caption, 64 VQA and 64 grounding rows a step).
 OFA_EVERY = HERE / "metrics_ofa_every_b64.jsonl"
 EVERY_NAME = "OFA, one model, Gaussian bins, every task on each of 64 images a step"
+# The same, started from all of OFA's 600-step grounding-only run (ofa_grounding_b64; the
+# curriculum: localise first, then every task).
+OFA_EVERY_FROM_GROUNDING = HERE / "metrics_ofa_every_b64_from_grounding.jsonl"
+FROM_GROUNDING_NAME = EVERY_NAME + ", from its grounding-only run"
+# The every-task run from scratch with the grounding loss weighted 3 (loss_weights.grounding).
+OFA_EVERY_LAMBDA3 = HERE / "metrics_ofa_every_b64_lambda3.jsonl"
+LAMBDA3_NAME = EVERY_NAME + ", grounding loss x 3"
 VQA_CLASSIFIER_CLIP = EXPERIMENTS / "vqa_shapeworld" / "metrics_classifier_clip_init_600steps.jsonl"
 VQA_CLASSIFIER_CLIP_2000 = (EXPERIMENTS / "vqa_shapeworld" /
                             "metrics_classifier_clip_init_2000steps.jsonl")
@@ -86,6 +93,8 @@ def caption_table(singles):
             "caption_") for r in records(OFA_CLIP_PROMPT)]
   rows += [(B64_NAME, r, "caption_") for r in records(OFA_CLIP_B64)]
   rows += [(EVERY_NAME, r, "caption_") for r in records(OFA_EVERY)]
+  rows += [(LAMBDA3_NAME, r, "caption_") for r in records(OFA_EVERY_LAMBDA3)]
+  rows += [(FROM_GROUNDING_NAME, r, "caption_") for r in records(OFA_EVERY_FROM_GROUNDING)]
   for name, r, p in rows:
     print(f"| {name} | {r['step']} | {r[p + 'bleu4']:.3f} | {r[p + 'cider_d']:.3f} | "
           f"{with_se(r[p + 'shape_accuracy'], singles)} | {r[p + 'colour_accuracy']:.3f} | "
@@ -107,6 +116,8 @@ def vqa_table():
             "vqa_") for r in records(OFA_CLIP_PROMPT)]
   rows += [(B64_NAME, r, "vqa_") for r in records(OFA_CLIP_B64)]
   rows += [(EVERY_NAME, r, "vqa_") for r in records(OFA_EVERY)]
+  rows += [(LAMBDA3_NAME, r, "vqa_") for r in records(OFA_EVERY_LAMBDA3)]
+  rows += [(FROM_GROUNDING_NAME, r, "vqa_") for r in records(OFA_EVERY_FROM_GROUNDING)]
   for name, r, p in rows:
     cells = " | ".join(f"{r[f'{p}accuracy_{t}']:.3f}" for t in VQA_TYPES)
     print(f"| {name} | {r['step']} | {with_se(r[p + 'accuracy'], VQA_QUESTIONS)} | {cells} |")
@@ -126,6 +137,8 @@ def grounding_table():
             "grounding_") for r in records(OFA_CLIP_PROMPT)]
   rows += [(B64_NAME, r, "grounding_") for r in records(OFA_CLIP_B64)]
   rows += [(EVERY_NAME, r, "grounding_") for r in records(OFA_EVERY)]
+  rows += [(LAMBDA3_NAME, r, "grounding_") for r in records(OFA_EVERY_LAMBDA3)]
+  rows += [(FROM_GROUNDING_NAME, r, "grounding_") for r in records(OFA_EVERY_FROM_GROUNDING)]
   rows += [("OFA trained on grounding alone, CLIP-initialised ViT, Gaussian bins", r,
             "grounding_") for r in records(OFA_CLIP_GROUNDING_ONLY)]
   for name, r, p in rows:
@@ -137,7 +150,8 @@ def grounding_table():
 # reference): images per step x rows per image, the ViT's start, the encoder's depth and the
 # image positions, each read from the run's config.
 GROUNDING_SWEEP = ("grounding_b64", "grounding_b32", "grounding_b32x3", "grounding_b32x3_sincos",
-                   "grounding_b64_no_encoder", "grounding_b64_clip_init")
+                   "grounding_b64_no_encoder", "grounding_b64_clip_init",
+                   "grounding_b64_clip_frozen")
 BY_OBJECTS = HERE / "grounding_by_objects.json"
 
 
@@ -154,6 +168,9 @@ def grounding_sweep_table():
     if abs(split["acc@0.5"] - last["grounding_acc@0.5"]) > 1e-6:
       raise ValueError(f"{BY_OBJECTS.name} does not hold the last eval of {name}")
     start = "CLIP" if config["init_from"]["workdir"] else "scratch"
+    trainable = config["optim"].get("trainable") or []
+    if trainable and "vision_encoder" not in trainable:
+      start += ", frozen"
     cells = " | ".join(with_se(split[f"acc@0.5_{n}_objects"], split[f"num_{n}_objects"])
                        for n in (1, 2, 3))
     print(f"| {name} | {config['batch_size']} x {config['data']['rows_per_image']} | {start} | "
@@ -211,7 +228,11 @@ def main():
                        ("OFA with a CLIP-initialised ViT and Gaussian bins against the "
                         "dedicated heads", lambda: gap_table(singles, OFA_CLIP_BINS, clip=True)),
                        ("OFA with every task on each of 64 images a step against the dedicated "
-                        "heads", lambda: gap_table(singles, OFA_EVERY))]:
+                        "heads", lambda: gap_table(singles, OFA_EVERY)),
+                       ("The same with the grounding loss x 3 against the dedicated heads",
+                        lambda: gap_table(singles, OFA_EVERY_LAMBDA3)),
+                       ("The same from its grounding-only run against the dedicated heads",
+                        lambda: gap_table(singles, OFA_EVERY_FROM_GROUNDING))]:
     print(f"### {title}\n")
     table()
     print()
