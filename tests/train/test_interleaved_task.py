@@ -384,3 +384,123 @@ def test_training_neighbours_use_the_warm_started_tower(tmp_path):
     InterleavedTask(tiny_config("data.rices_rows.fraction=0.5")).training_neighbours()
   with pytest.raises(ValueError, match="rices_rows.fraction must be in"):
     InterleavedTask(tiny_config("data.rices_rows.fraction=1.5"))
+
+
+BINDING = ["data.binding.words=4", "data.row_kinds.binding=1.0", "data.binding.pool_images=40",
+           "eval.support_images=80", "eval.vqa_images=3", "eval.caption_images=1"]
+
+
+@pytest.fixture(scope="module")
+def binding_task():
+  return InterleavedTask(tiny_config(*BINDING))
+
+
+def _owner(items, image):
+  """The index of the item whose pixels `image` (float in [0, 1]) are."""
+  owners = [i for i in range(len(items))
+            if np.array_equal(items[i]["image"], np.round(np.asarray(image) * 255))]
+  assert len(owners) == 1, owners
+  return owners[0]
+
+
+def _chunks(row, eoc):
+  row = np.asarray(row)
+  ends = np.flatnonzero(row == eoc)
+  return np.split(row[1:ends[-1] + 1], ends[:-1])  # after BOS: split after each <eoc>
+
+
+def test_binding_rows_bind_each_answer_to_one_fresh_word_per_row(binding_task):
+  from mmjax.train.tasks.binding import BindingEpisodes, answers_by_slot
+  task = binding_task
+  pool = shapeworld_source(task.config.data, "train", 40)
+  load = _LoadRow(shapeworld_source(task.config.data, "train", 100), task.codec, task.config,
+                  binding=BindingEpisodes(answers_by_slot(pool), 4, 2))
+  word_ids = range(task.codec.word_id, task.codec.word_id + 4)
+  words_of = {}   # (slot, answer) -> the words it was bound to, over the rows
+  kinds = set()
+  for position in range(40):
+    row = load(position, position % 100)
+    tokens = row["tokens"][row["tokens"] != task.tokenizer.pad_id]
+    if not set(tokens.tolist()) & set(word_ids):
+      kinds.add("other")
+      continue
+    kinds.add("binding")
+    binding = {}   # this row's answer -> word
+    slots = set()
+    for j, chunk in enumerate(_chunks(tokens, task.codec.eoc_id)):
+      item = pool[_owner(pool, row["image"][j])]    # every image from the binding pool
+      assert chunk[0] == task.codec.image_id and chunk[-1] == task.codec.eoc_id
+      word = int(chunk[-2])
+      assert word in word_ids
+      slot = [s for s in (1, 2) if task.tokenizer.encode(item["questions"][s]) == list(chunk[1:-2])]
+      assert slot, "the chunk asks its own image's colour or shape question"
+      slots.add(slot[0])
+      answer = item["answers"][slot[0]]
+      assert binding.setdefault(answer, word) == word      # one word per answer ...
+      words_of.setdefault((slot[0], answer), set()).add(word)
+    assert len(slots) == 1                                  # one question slot per row
+    assert len(set(binding.values())) == len(binding) <= 2  # ... distinct words, 2-way
+  assert kinds == {"binding", "other"}
+  assert max(len(w) for w in words_of.values()) > 1         # drawn afresh per row
+
+
+def test_binding_answers_equal_the_argmax_over_the_words_of_a_full_forward(binding_task, params):
+  task = binding_task
+  p = nn.unbox(fast_jit(task.init_params)(jax.random.key(0)))
+  # The fixture's weights (gates opened); the new-token rows, 4 more here, random (at init the
+  # head is 0 and every binding word's logit equal).
+  rng = np.random.default_rng(1)
+  p = jax.tree.map(lambda a, b: b if a.shape == b.shape else
+                   jnp.asarray(rng.normal(size=a.shape), a.dtype), p, params)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  results = task.evaluate(p, mesh)
+  data = task._eval_data()
+  train_items = shapeworld_source(task.config.data, "train", 80)
+  test_items = shapeworld_source(task.config.data, "test", 3)
+  words = np.arange(task.codec.word_id, task.codec.word_id + 4)
+  outcomes = {}
+  for k in (0, 2, 3):
+    rows = data["binding"][k]
+    logits = np.asarray(task.model.apply({"params": p}, rows["image"], rows["prompt"]))
+    last = logits[np.arange(6), rows["prompt_length"] - 1][:, words].argmax(1).reshape(3, 2)
+    assert len(np.unique(last)) > 1    # the words' logits differ, so the argmax tells
+    np.testing.assert_array_equal(task.evaluators()[f"binding_{k}shot"].last_predictions, last)
+    outcomes[k] = last == data["binding_answer"]
+    assert results[f"binding_{k}shot_accuracy"] == pytest.approx(outcomes[k].mean())
+    assert results[f"binding_{k}shot_other_word"] == pytest.approx(
+        (last == data["binding_other"]).mean())
+    for n in range(3):
+      for s, slot in enumerate((1, 2)):
+        item, r = test_items[n], 2 * n + s
+        prompt = rows["prompt"][r, :rows["prompt_length"][r]]
+        query = [task.codec.image_id, *task.tokenizer.encode(item["questions"][slot])]
+        assert list(prompt[-len(query):]) == query
+        np.testing.assert_array_equal(np.round(rows["image"][r, -1] * 255), item["image"])
+        bound = {}
+        for j, chunk in enumerate(_chunks(prompt[:-len(query)], task.codec.eoc_id) if k else []):
+          support = train_items[_owner(train_items, rows["image"][r, j])]
+          assert list(chunk[1:-2]) == task.tokenizer.encode(support["questions"][slot])
+          assert bound.setdefault(support["answers"][slot], int(chunk[-2])) == chunk[-2]
+        if k >= 2:   # every answer of the 2-way episode shown; the query's own bound to its word
+          assert len(bound) == 2 and bound[item["answers"][slot]] == (
+              task.codec.word_id + data["binding_answer"][n, s])
+          assert set(bound.values()) == {task.codec.word_id + data["binding_answer"][n, s],
+                                         task.codec.word_id + data["binding_other"][n, s]}
+  gain = (outcomes[2].astype(float) - outcomes[0]).mean(1)
+  assert results["binding_2shot_gain"] == pytest.approx(gain.mean())
+
+
+def test_binding_bad_input_fails_clearly():
+  with pytest.raises(ValueError, match="need binding words"):
+    InterleavedTask(tiny_config("data.row_kinds.binding=1.0"))
+  with pytest.raises(ValueError, match="ways >= 2 and words >= ways"):
+    InterleavedTask(tiny_config("data.binding.words=2", "data.binding.ways=3"))
+  with pytest.raises(ValueError, match="fewer than ways=2"):
+    InterleavedTask(tiny_config("data.binding.words=4", "eval.support_images=1"))._eval_data()
+  from mmjax.train.tasks.binding import BindingEpisodes
+  index = {1: {"red": np.array([0]), "blue": np.array([1])},
+           2: {"circle": np.array([0]), "star": np.array([1])}}
+  with pytest.raises(ValueError, match="2 answers to question slot 1"):
+    BindingEpisodes(index, words=4, ways=3)
+  with pytest.raises(KeyError, match="no image answering 'green'"):
+    BindingEpisodes(index, words=4, ways=2).support(np.random.default_rng(0), 1, "green", 2)

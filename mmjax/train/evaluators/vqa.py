@@ -22,7 +22,8 @@ class VQAEvaluator:
 
   Metrics: `accuracy` over all questions and `accuracy_<type>` per name in `type_names` that
   has questions. The last evaluation's per-question outcomes (bool, the shape of `answers`)
-  are kept in `last_correct`, for paired comparisons on the same questions.
+  are kept in `last_correct`, for paired comparisons on the same questions, and its predicted
+  answer indices in `last_predictions`.
   """
 
   def __init__(self, predict_fn: Callable, inputs: Mapping[str, np.ndarray],
@@ -58,6 +59,7 @@ class VQAEvaluator:
     keys = self.keys
     self._predict = jax.jit(lambda params, *arrays: predict_fn(params, dict(zip(keys, arrays))))
     self.last_correct: np.ndarray | None = None
+    self.last_predictions: np.ndarray | None = None
 
   def predict(self, params: Any, mesh: Mesh) -> np.ndarray:
     """Predicted answer indices, the shape of `answers` (host).
@@ -75,7 +77,8 @@ class VQAEvaluator:
     return predictions
 
   def evaluate(self, params: Any, mesh: Mesh) -> dict[str, float]:
-    correct = self.predict(params, mesh) == self.answers
+    self.last_predictions = self.predict(params, mesh)
+    correct = self.last_predictions == self.answers
     self.last_correct = correct
     results = {"accuracy": float(correct.mean())}
     if self.question_types is not None:

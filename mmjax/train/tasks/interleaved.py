@@ -8,6 +8,10 @@ of one kind, drawn by the weights `data.row_kinds`:
 
   vqa      "<image> how many circles are there ? two <eoc>"  (a question of the image, its answer)
   caption  "<image> a red circle is left of a blue square . <eoc>"   (a caption of the image)
+  binding  "<image> what shape is the red object ? <w3> <eoc>"  (the colour or shape question,
+           answered by the word the episode binds the true answer to; needs
+           `data.binding.words` > 0, and its images are drawn by answer from the first
+           `data.binding.pool_images` train images: mmjax/train/tasks/binding.py)
 
 With `data.rices_rows.fraction` > 0, that share of the rows is built by retrieval instead, as
 RICES builds the evaluation's prompts: a query image q of the first `data.rices_rows.pool_images`
@@ -37,10 +41,18 @@ k's prompt. VQA: the prompt is BOS, k "<image> question answer <eoc>" chunks, th
 by `<eoc>`, for all 5 questions of the first `eval.vqa_images` test images (one support set
 per image). Captioning: the prompt is BOS, k "<image> caption <eoc>" chunks, then "<image>";
 the caption is decoded greedily (words and `<eoc>` only) for the first `eval.caption_images`.
+With `data.binding.words` > 0 each of the first `eval.vqa_images` test images is also asked
+its colour and its shape question in a binding episode (support of train images from the
+first `eval.support_images`, drawn by answer whatever `eval.support_selection` says, each
+answer of the episode once per `ways` shots); the answer is the argmax over the binding
+words' logits after "<image> question".
 Metrics: "vqa_{k}shot_accuracy" (and per question type), "caption_{k}shot_bleu4",
 "caption_{k}shot_cider_d" and the caption attribute accuracies; with 0 among the shots,
 "vqa_{k}shot_gain" (k-shot minus 0-shot accuracy on the same questions) and its paired
-standard error "vqa_{k}shot_gain_se" (`paired_gain`).
+standard error "vqa_{k}shot_gain_se" (`paired_gain`); with binding, "binding_{k}shot_accuracy"
+(and _colour, _shape), its "_gain" and "_gain_se" over 0 shots, and
+"binding_{k}shot_other_word" (the share answered with another word of the episode: with it,
+the share of answers from the words in context).
 """
 from __future__ import annotations
 
@@ -66,26 +78,36 @@ from mmjax.nearest_neighbours import top_k_neighbours
 from mmjax.train import sharding
 from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator, prefixed_results
 from mmjax.train.tasks.base import Task
+from mmjax.train.tasks.binding import BINDING_SLOTS, BindingEpisodes, answers_by_slot
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
 from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
 from mmjax.train.warm_start import active_sources, warm_start
 
-ROW_KINDS = ("vqa", "caption")
-NUM_NEW_TOKENS = 2  # <image>, <eoc>
+ROW_KINDS = ("vqa", "caption", "binding")
+NUM_NEW_TOKENS = 2  # <image>, <eoc>; then `data.binding.words` binding words
 SUPPORT_SELECTIONS = ("random", "rices")
 
 
 class ChunkCodec:
-  """Token ids of interleaved rows: ShapeWorld's tokenizer plus `<image>` and `<eoc>`."""
+  """Token ids of interleaved rows: ShapeWorld's tokenizer plus `<image>`, `<eoc>` and
+  `binding_words` binding words (ids `word_id` .. `word_id + binding_words - 1`)."""
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer, binding_words: int = 0):
     self.tokenizer = tokenizer
     self.image_id = tokenizer.vocab_size
     self.eoc_id = tokenizer.vocab_size + 1
+    self.word_id = tokenizer.vocab_size + NUM_NEW_TOKENS
+    self.binding_words = binding_words
 
   def chunk(self, text: str, close: bool = True) -> list[int]:
     """"<image> text <eoc>" (without `<eoc>` when not `close`)."""
     return [self.image_id, *self.tokenizer.encode(text)] + [self.eoc_id] * close
+
+  def binding_chunk(self, question: str, word: int) -> list[int]:
+    """"<image> question <word> <eoc>", binding word `word` in [0, binding_words)."""
+    if not 0 <= word < self.binding_words:
+      raise ValueError(f"binding word {word} is not in [0, {self.binding_words})")
+    return [self.image_id, *self.tokenizer.encode(question), self.word_id + word, self.eoc_id]
 
   def row(self, chunks: list[list[int]], length: int, what: str) -> np.ndarray:
     """int32 `[length]`: BOS then the chunks, pad-filled; ValueError if they do not fit."""
@@ -114,11 +136,13 @@ class _LoadRow:
 
   With `neighbours` (int `[P, >= M - 1]`, each of the first P source images' nearest other
   pool images, nearest first), a share `rices_fraction` of the rows is retrieval-built (the
-  module docstring); the rest, and every row without `neighbours`, are random.
+  module docstring); the rest, and every row without `neighbours`, are random. Binding rows
+  draw their episodes and images from `binding` (its pool: the source's first images).
   """
 
   def __init__(self, source, codec: ChunkCodec, config: ml_collections.ConfigDict,
-               neighbours: np.ndarray | None = None, rices_fraction: float = 0.0):
+               neighbours: np.ndarray | None = None, rices_fraction: float = 0.0,
+               binding: BindingEpisodes | None = None):
     self.source, self.codec = source, codec
     self.seed, self.length = config.seed, config.data.context_length
     self.images_per_row = config.data.images_per_row
@@ -128,11 +152,16 @@ class _LoadRow:
                                    neighbours.shape[1] < self.images_per_row - 1):
       raise ValueError(f"neighbours must be int [pool, >= data.images_per_row - 1 = "
                        f"{self.images_per_row - 1}], got shape {neighbours.shape}")
-    self.neighbours, self.rices_fraction = neighbours, rices_fraction
+    if self.kind_weights[ROW_KINDS.index("binding")] > 0 and binding is None:
+      raise ValueError("binding rows need their episodes: pass binding (data.binding.words > 0)")
+    self.neighbours, self.rices_fraction, self.binding = neighbours, rices_fraction, binding
 
   def __call__(self, position: int, index: int) -> dict[str, np.ndarray]:
     rng = pipeline.example_rng(self.seed, position // len(self.source), index, "interleaved")
+    # One uniform draw whatever the number of kinds: rows of runs without binding are unchanged.
     kind = ROW_KINDS[int(rng.choice(len(ROW_KINDS), p=self.kind_weights))]
+    if kind == "binding":
+      return self._binding_row(rng)
     slot = None
     # The extra draw only when retrieval rows are on: random rows stay those of earlier runs.
     if (self.neighbours is not None and self.rices_fraction > 0
@@ -151,6 +180,16 @@ class _LoadRow:
       chunks.append(self.codec.chunk(chunk_text(item, kind, rng, slot)[0]))
     return {"image": np.stack(images).astype(np.float32) / np.float32(255),
             "tokens": self.codec.row(chunks, self.length, f"a row of {len(chunks)} {kind} chunks")}
+
+  def _binding_row(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    slot, indices, words = self.binding.training_chunks(rng, self.images_per_row)
+    images, chunks = [], []
+    for i, word in zip(indices, words):
+      item = self.source[i]
+      images.append(pipeline.check_image(item["image"], i, self.image_shape))
+      chunks.append(self.codec.binding_chunk(item["questions"][slot], word))
+    return {"image": np.stack(images).astype(np.float32) / np.float32(255),
+            "tokens": self.codec.row(chunks, self.length, f"a row of {len(chunks)} binding chunks")}
 
 
 def row_kind_weights(weights) -> np.ndarray:
@@ -178,7 +217,17 @@ class InterleavedTask(Task):
                        f"got {config.model.get('name')!r}")
     if data.images_per_row < 1:
       raise ValueError(f"data.images_per_row must be >= 1, got {data.images_per_row}")
-    row_kind_weights(data.row_kinds)
+    weights = row_kind_weights(data.row_kinds)
+    binding = data.get("binding") or ml_collections.ConfigDict(dict(words=0))
+    self.binding_words = int(binding.words)
+    if self.binding_words < 0 or (weights[ROW_KINDS.index("binding")] > 0
+                                  and not self.binding_words):
+      raise ValueError(f"binding rows (data.row_kinds.binding > 0) need binding words: set "
+                       f"data.binding.words > 0, got {binding.words}")
+    if self.binding_words:
+      self.binding_ways = int(binding.ways)
+      self.binding_pool = int(binding.pool_images)
+      BindingEpisodes({}, self.binding_words, self.binding_ways)  # checks words and ways
     self.shots = tuple(int(k) for k in ev.shots)
     if not self.shots or min(self.shots) < 0 or len(set(self.shots)) != len(self.shots):
       raise ValueError(f"eval.shots must be distinct counts >= 0, got {tuple(ev.shots)}")
@@ -186,10 +235,10 @@ class InterleavedTask(Task):
       raise ValueError("eval.vqa_images, eval.caption_images and eval.support_images must be "
                        f">= 1, got {ev.vqa_images}, {ev.caption_images}, {ev.support_images}")
     self.tokenizer = shapeworld_tokenizer()
-    self.codec = ChunkCodec(self.tokenizer)
+    self.codec = ChunkCodec(self.tokenizer, self.binding_words)
     self._model = build_model(config.model, vocab_size=self.tokenizer.vocab_size,
                               image_token_id=self.codec.image_id,
-                              num_new_tokens=NUM_NEW_TOKENS)
+                              num_new_tokens=NUM_NEW_TOKENS + self.binding_words)
     if data.context_length > self._model.max_length:
       raise ValueError(f"data.context_length={data.context_length} exceeds the LM's "
                        f"model.max_length={self._model.max_length}")
@@ -222,9 +271,13 @@ class InterleavedTask(Task):
 
   def train_batches(self, process_index: int, process_count: int):
     neighbours = self.training_neighbours() if self.rices_fraction > 0 else None
+    binding = None
+    if self.binding_words and self.config.data.row_kinds.get("binding", 0) > 0:
+      pool = shapeworld_source(self.config.data, "train", self.binding_pool)
+      binding = BindingEpisodes(answers_by_slot(pool), self.binding_words, self.binding_ways)
     return example_train_batches(
         self.config, lambda s: _LoadRow(s, self.codec, self.config, neighbours,
-                                        self.rices_fraction),
+                                        self.rices_fraction, binding),
         process_index, process_count)
 
   def training_neighbours(self) -> np.ndarray:
@@ -356,7 +409,10 @@ class InterleavedTask(Task):
         rows["prompt"].append(prompt)
         rows["prompt_length"].append((prompt != self.tokenizer.pad_id).sum())
       out["references"].append(list(item["captions"]))
-    for kind in ("vqa", "caption"):
+    if self.binding_words:
+      out["binding"], out["binding_answer"], out["binding_other"], out["binding_type"] = (
+          self._binding_eval_rows(train, test))
+    for kind in ("vqa", "caption") + (("binding",) if self.binding_words else ()):
       for k in self.shots:
         rows = out[kind][k]
         width = max(int(np.max(rows["prompt_length"])), 1)  # trim the common padding
@@ -369,6 +425,38 @@ class InterleavedTask(Task):
     out["labels"] = {key: np.stack([item[key] for item in items]) for key in ATTRIBUTE_LABELS}
     self._eval_cache = out
     return out
+
+  def _binding_eval_rows(self, train, test):
+    """Per k {image `[2N, k + 1, H, W, 3]` uint8 list, prompt `[2N, P_k]`, prompt_length}, and
+    int32 `[N, 2]` the query's word, another word of its episode, the question type: each of
+    the first N = `eval.vqa_images` test images asked its colour then its shape question."""
+    ev = self.config.eval
+    episodes = BindingEpisodes(answers_by_slot(train), self.binding_words, self.binding_ways)
+    rows = {k: {"image": [], "prompt": [], "prompt_length": []} for k in self.shots}
+    answer, other, types = [], [], []
+    length = self._model.max_length
+    for index in range(ev.vqa_images):
+      item = test[index]
+      query_image = pipeline.check_image(item["image"], index, None)
+      answer.append([]), other.append([]), types.append([])
+      for slot in BINDING_SLOTS:
+        rng = np.random.default_rng([ev.seed, index, len(ROW_KINDS) + slot])
+        word, indices, words = episodes.support(rng, slot, item["answers"][slot], max(self.shots))
+        support_images = [pipeline.check_image(train[i]["image"], i, None) for i in indices]
+        chunks = [self.codec.binding_chunk(train[i]["questions"][slot], w)
+                  for i, w in zip(indices, words)]
+        query = self.codec.chunk(item["questions"][slot], close=False)
+        for k in self.shots:
+          prompt = self.codec.row(chunks[:k] + [query], length,
+                                  f"a {k}-shot binding prompt")
+          rows[k]["image"].append(np.stack(support_images[:k] + [query_image]))
+          rows[k]["prompt"].append(prompt)
+          rows[k]["prompt_length"].append((prompt != self.tokenizer.pad_id).sum())
+        answer[-1].append(word)
+        other[-1].append(next(w for w in words if w != word))
+        types[-1].append(question_type(slot, item["questions"][slot]))
+    return (rows, np.asarray(answer, np.int32), np.asarray(other, np.int32),
+            np.asarray(types, np.int32))
 
   def _eval_sources(self):
     """(the train images support comes from, the test images asked)."""
@@ -411,6 +499,13 @@ class InterleavedTask(Task):
             self._generate_captions, self.tokenizer, caption["image"], data["references"], bs,
             attribute_labels=data["labels"], attribute_metrics=shapeworld_attribute_metrics,
             extra_inputs=(caption["prompt"], caption["prompt_length"]))
+        if self.binding_words:
+          binding = data["binding"][k]
+          n, q = data["binding_answer"].shape
+          inputs = {key: binding[key].reshape(n, q, *binding[key].shape[1:]) for key in binding}
+          self._evaluators[f"binding_{k}shot"] = VQAEvaluator(
+              self._binding_words, inputs, data["binding_answer"], bs,
+              question_types=data["binding_type"], type_names=QUESTION_TYPES)
     return self._evaluators
 
   def _decode_answers(self, params, batch) -> jax.Array:
@@ -423,6 +518,19 @@ class InterleavedTask(Task):
                                   lengths, prompt.shape[1]).tokens
     return tokens.reshape(prompt.shape[:2] + tokens.shape[-1:])
 
+  def _binding_words(self, params, batch) -> jax.Array:
+    """int32 `[B, Q]`: the binding word (in [0, words)) with the largest logit after each
+    prompt `[B, Q, P]` about its own images `[B, Q, k + 1, H, W, 3]`: the constrained greedy
+    answer, as every answer is one word."""
+    prompt, images = batch["prompt"], batch["image"]
+    rows = prompt.shape[0] * prompt.shape[1]
+    logits = self._model.apply({"params": params}, images.reshape(rows, *images.shape[2:]),
+                               prompt.reshape(rows, -1))
+    last = jnp.maximum(batch["prompt_length"].reshape(rows) - 1, 0)
+    words = logits[jnp.arange(rows), last, self.codec.word_id:
+                   self.codec.word_id + self.binding_words]
+    return jnp.argmax(words, -1).astype(jnp.int32).reshape(prompt.shape[:2])
+
   def _answer_indices(self, tokens: np.ndarray) -> np.ndarray:
     return self.answerer.answer_indices(tokens.reshape(-1, tokens.shape[-1])).reshape(
         tokens.shape[:2])
@@ -433,6 +541,8 @@ class InterleavedTask(Task):
     cache = self._model.init_cache(params, images, prompt.shape[1] + self.max_caption_tokens)
     step_fn = decoding.banned_tokens_step_fn(functools.partial(self._model.decode_step, params),
                                              self.codec.image_id, self.codec.image_id + 1)
+    if self.binding_words:  # binding words are no caption's
+      step_fn = decoding.banned_tokens_step_fn(step_fn, self.codec.word_id)
     tokens = decoding.greedy(step_fn, cache, prompt, jnp.maximum(prompt_length, 1),
                              max_new_tokens=self.max_caption_tokens, eos_id=self.codec.eoc_id,
                              pad_id=self.tokenizer.pad_id).tokens
@@ -448,6 +558,15 @@ class InterleavedTask(Task):
         if k:
           gain, se = paired_gain(self.evaluators()[f"vqa_{k}shot"].last_correct, zero)
           results[f"vqa_{k}shot_gain"], results[f"vqa_{k}shot_gain_se"] = gain, se
+    if self.binding_words:
+      other = self._eval_data()["binding_other"]
+      for k in self.shots:
+        evaluator = self.evaluators()[f"binding_{k}shot"]
+        results[f"binding_{k}shot_other_word"] = float((evaluator.last_predictions == other).mean())
+        if k and 0 in self.shots:
+          gain, se = paired_gain(evaluator.last_correct,
+                                 self.evaluators()["binding_0shot"].last_correct)
+          results[f"binding_{k}shot_gain"], results[f"binding_{k}shot_gain_se"] = gain, se
     return results
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
