@@ -6,6 +6,10 @@ joined by a trained Perceiver resampler and gated cross-attention; evaluated 0/2
   mmjax train --config configs/flamingo_shapeworld.py --workdir runs/flamingo \\
       --config.init_from.lm.workdir=runs/lm_packed --config.init_from.vision.workdir=runs/clip
 
+":binding" adds fast-binding rows (half of them) and their few-shot evaluation: ShapeWorld's
+colour and shape questions answered by one of 8 new words that each row's episode binds to
+its answers afresh, so only the shots tell which word is which (mmjax/train/tasks/binding.py).
+
 Rows, loss and the few-shot evaluation: mmjax/train/tasks/interleaved.py. Only the resampler,
 the gated blocks and the `<image>` / `<eoc>` rows train (`optim.trainable`); with both warm
 starts the rest is the two source runs' weights, unchanged.
@@ -19,9 +23,13 @@ import lm_shapeworld
 from mmjax.models.flamingo import TRAINABLE
 
 IMAGES_PER_ROW = 5  # as Flamingo's training sequences (5 images); evaluated up to 8 shots
+VARIANTS = ("", "binding")
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/flamingo_shapeworld.py:VARIANT takes one of {VARIANTS[1:]} (or "
+                     f"nothing), got {variant!r}")
   lm = lm_shapeworld.get_config("packed")
   clip = clip_shapeworld.get_config()
   # Rows of 5 images: 160 images a step through the frozen ViT (forward only).
@@ -33,11 +41,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = common.shapeworld_data(image_size=clip.data.image_size, num_objects=(1, 3),
                                   context_length=112)
   c.data.images_per_row = IMAGES_PER_ROW
-  c.data.row_kinds = ml_collections.ConfigDict(dict(vqa=1.0, caption=1.0))
+  c.data.row_kinds = ml_collections.ConfigDict(dict(vqa=1.0, caption=1.0, binding=0.0))
   # Retrieval-built rows (mmjax/train/tasks/interleaved.py): the share of rows whose images are
   # a query and its nearest train images by the frozen vision tower (needs init_from.vision),
   # among the first pool_images; 0 keeps every row random.
   c.data.rices_rows = ml_collections.ConfigDict(dict(fraction=0.0, pool_images=16384))
+  # Fast-binding rows (mmjax/train/tasks/binding.py): `words` new tokens (0: none), `ways`
+  # answers bound per episode, their images drawn by answer from the first pool_images.
+  c.data.binding = ml_collections.ConfigDict(dict(words=0, ways=2, pool_images=4096))
+  if variant == "binding":
+    c.data.binding.words = 8
+    c.data.row_kinds.binding = 2.0   # half the rows
 
   text = lm.model
   c.model = ml_collections.ConfigDict(dict(

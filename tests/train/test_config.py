@@ -166,6 +166,11 @@ def test_flamingo_takes_its_lm_and_vision_tower_from_the_runs_it_warm_starts_fro
   lm_paths = {pair.split(":")[1].split("/")[0] for pair in flamingo.init_from.lm.params}
   assert lm_paths == {"token_embed", "pos_embed", "lm_head", "transformer"}
   assert flamingo.init_from.vision.params == ("image_encoder:vision_encoder",)
+  # ":binding" is the default with binding words and half the rows binding rows, nothing else.
+  binding = load_config(f"{ROOT / 'configs' / 'flamingo_shapeworld.py'}:binding")
+  assert flamingo.data.binding.words == 0 and flamingo.data.row_kinds.binding == 0
+  assert binding.to_dict() == apply_overrides(flamingo, ["data.binding.words=8",
+                                                         "data.row_kinds.binding=2.0"]).to_dict()
 
 
 def test_blip_is_clip_but_for_its_model_loss_weights_and_evals():
