@@ -3,7 +3,9 @@ starts from (CLIP, the packed LM) and Flamingo's few-shot VQA and captioning, wi
 support (the training run's evals, metrics_flamingo.jsonl) and with RICES support (`mmjax
 eval` of the last checkpoint, eval_flamingo_rices_step1500.json); the same for the run with
 retrieval-built training rows (metrics_flamingo_rices_rows.jsonl,
-eval_flamingo_rices_rows_*_step1500.json).
+eval_flamingo_rices_rows_*_step1500.json); and the fast-binding runs
+(`configs/flamingo_shapeworld.py:binding`, metrics_flamingo_binding*.jsonl): their binding
+accuracy by shots, and their plain VQA and captioning with random support.
 
   python experiments/flamingo_shapeworld/table.py
 
@@ -32,6 +34,15 @@ def records(name):
 # and half the rows retrieval-built (--config.data.rices_rows.fraction=0.5).
 RUNS = (("random rows", "metrics_flamingo.jsonl", "eval_flamingo"),
         ("retrieval rows", "metrics_flamingo_rices_rows.jsonl", "eval_flamingo_rices_rows"))
+# (label, training metrics, on the default scenes?) of the fast-binding runs: half the rows
+# binding rows, the LM frozen (Flamingo's recipe) or trained too (optim.trainable adds
+# "transformer"); and the frozen one on 1-object scenes (data.num_objects=(1,1)), whose plain
+# VQA and captions are of other scenes than the tables' other rows, so only in the binding table.
+BINDING_RUNS = (("binding rows, LM frozen", "metrics_flamingo_binding.jsonl", True),
+                ("binding rows, LM trained", "metrics_flamingo_binding_lm.jsonl", True),
+                ("binding rows, LM frozen, 1-object scenes",
+                 "metrics_flamingo_binding_1object.jsonl", False))
+WAYS = 2  # answers per binding episode (data.binding.ways of the :binding config)
 
 
 def evaluations():
@@ -39,7 +50,9 @@ def evaluations():
   support), then its last checkpoint's with RICES support."""
   return [row for label, metrics, stem in RUNS for row in
           [(label, "random", r) for r in records(metrics)] +
-          [(label, "RICES", eval_file(stem, "rices"))]]
+          [(label, "RICES", eval_file(stem, "rices"))]] + [
+      (label, "random", r) for label, metrics, default_scenes in BINDING_RUNS if default_scenes
+      for r in records(metrics)]
 
 
 def se(p, n):
@@ -51,14 +64,16 @@ def with_se(p, n):
 
 
 def eval_sizes():
-  """(VQA questions, caption images, single-object caption images) of the Flamingo config."""
+  """(VQA questions, binding questions, single-object caption images, shots) of the
+  Flamingo config."""
   import flamingo_shapeworld
   from mmjax.data.shapeworld_inputs import shapeworld_source
+  from mmjax.train.tasks.binding import BINDING_SLOTS
   config = flamingo_shapeworld.get_config()
   ev = config.eval
   source = shapeworld_source(config.data, "test", ev.caption_images)
   singles = sum(int(source[i]["num_objects"]) == 1 for i in range(ev.caption_images))
-  return 5 * ev.vqa_images, ev.caption_images, singles, tuple(ev.shots)
+  return 5 * ev.vqa_images, len(BINDING_SLOTS) * ev.vqa_images, singles, tuple(ev.shots)
 
 
 def sources_table():
@@ -125,12 +140,35 @@ def shots_table(questions, shots):
             f"{bleu - r['caption_0shot_bleu4']:+.3f} |")
 
 
+def binding_table(questions, shots):
+  """Each binding run's accuracy by shots, against 0 shots (paired SE, `mmjax train`'s
+  binding_{k}shot_gain and _gain_se) and against answering with one of the episode's words in
+  context at random (1 / WAYS: binomial SE of the accuracy)."""
+  print(f"| training rows | step | shots | accuracy ({questions} questions) | colour | shape | "
+        "another word of the episode | minus 0-shot (paired SE) | minus 1/2, a word in context "
+        "at random | above it by 2 SE? |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for label, metrics, _ in BINDING_RUNS:
+    for r in records(metrics):
+      for k in shots:
+        p = f"binding_{k}shot_"
+        acc = r[p + "accuracy"]
+        gain = (f"{r[p + 'gain']:+.3f} ± {r[p + 'gain_se']:.3f}" if k else "-")
+        over, over_se = acc - 1 / WAYS, se(acc, questions)
+        versus = (f"{over:+.3f} ± {over_se:.3f} ({over / over_se:+.1f} SE)" if k else "-")
+        verdict = ("yes" if over > 2 * over_se else "no") if k else "-"
+        print(f"| {label} | {r['step']} | {k} | {with_se(acc, questions)} | "
+              f"{r[p + 'accuracy_colour']:.3f} | {r[p + 'accuracy_shape']:.3f} | "
+              f"{r[p + 'other_word']:.3f} | {gain} | {versus} | {verdict} |")
+
+
 def main():
-  questions, _, singles, shots = eval_sizes()
+  questions, binding, singles, shots = eval_sizes()
   for title, table in [("The runs Flamingo starts from", sources_table),
                        ("Few-shot VQA", lambda: vqa_table(questions, shots)),
                        ("Few-shot captioning", lambda: caption_table(singles, shots)),
-                       ("Shots against 0 shots", lambda: shots_table(questions, shots))]:
+                       ("Shots against 0 shots", lambda: shots_table(questions, shots)),
+                       ("Fast binding", lambda: binding_table(binding, shots))]:
     print(f"### {title}\n")
     table()
     print()
