@@ -37,6 +37,13 @@ def answers_by_slot(source, slots: Sequence[int] = BINDING_SLOTS
           for slot in slots}
 
 
+def check_binding_sizes(words: int, ways: int) -> None:
+  """ValueError unless an episode of `ways` >= 2 answers can draw `ways` distinct words."""
+  if ways < 2 or words < ways:
+    raise ValueError(f"binding needs ways >= 2 and words >= ways, got ways={ways}, "
+                     f"words={words} (data.binding.ways, data.binding.words)")
+
+
 class BindingEpisodes:
   """Draws binding episodes over a pool of ShapeWorld items.
 
@@ -47,9 +54,7 @@ class BindingEpisodes:
   """
 
   def __init__(self, index: dict[int, dict[str, np.ndarray]], words: int, ways: int):
-    if ways < 2 or words < ways:
-      raise ValueError(f"binding needs ways >= 2 and words >= ways, got ways={ways}, "
-                       f"words={words} (data.binding.ways, data.binding.words)")
+    check_binding_sizes(words, ways)
     for slot, answers in index.items():
       if len(answers) < ways:
         raise ValueError(f"the binding pool holds {len(answers)} answers to question slot {slot}, "

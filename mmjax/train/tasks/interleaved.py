@@ -78,7 +78,8 @@ from mmjax.nearest_neighbours import top_k_neighbours
 from mmjax.train import sharding
 from mmjax.train.evaluators import CaptioningEvaluator, VQAEvaluator, prefixed_results
 from mmjax.train.tasks.base import Task
-from mmjax.train.tasks.binding import BINDING_SLOTS, BindingEpisodes, answers_by_slot
+from mmjax.train.tasks.binding import (BINDING_SLOTS, BindingEpisodes, answers_by_slot,
+                                       check_binding_sizes)
 from mmjax.train.tasks.captioning import ATTRIBUTE_LABELS, shapeworld_attribute_metrics
 from mmjax.train.tasks.vqa import QUESTION_TYPES, QUESTIONS_PER_IMAGE, question_type
 from mmjax.train.warm_start import active_sources, warm_start
@@ -227,7 +228,7 @@ class InterleavedTask(Task):
     if self.binding_words:
       self.binding_ways = int(binding.ways)
       self.binding_pool = int(binding.pool_images)
-      BindingEpisodes({}, self.binding_words, self.binding_ways)  # checks words and ways
+      check_binding_sizes(self.binding_words, self.binding_ways)
     self.shots = tuple(int(k) for k in ev.shots)
     if not self.shots or min(self.shots) < 0 or len(set(self.shots)) != len(self.shots):
       raise ValueError(f"eval.shots must be distinct counts >= 0, got {tuple(ev.shots)}")
@@ -552,21 +553,18 @@ class InterleavedTask(Task):
     if self.support_selection == "rices" and self._neighbours is None:
       self.select_support(params, mesh)
     results = prefixed_results(self.evaluators(), params, mesh)
-    if 0 in self.shots:
-      zero = self.evaluators()["vqa_0shot"].last_correct
+    kinds = ("vqa", "binding") if self.binding_words else ("vqa",)
+    for kind in kinds:
       for k in self.shots:
-        if k:
-          gain, se = paired_gain(self.evaluators()[f"vqa_{k}shot"].last_correct, zero)
-          results[f"vqa_{k}shot_gain"], results[f"vqa_{k}shot_gain_se"] = gain, se
+        if k and 0 in self.shots:
+          gain, se = paired_gain(self.evaluators()[f"{kind}_{k}shot"].last_correct,
+                                 self.evaluators()[f"{kind}_0shot"].last_correct)
+          results[f"{kind}_{k}shot_gain"], results[f"{kind}_{k}shot_gain_se"] = gain, se
     if self.binding_words:
       other = self._eval_data()["binding_other"]
       for k in self.shots:
-        evaluator = self.evaluators()[f"binding_{k}shot"]
-        results[f"binding_{k}shot_other_word"] = float((evaluator.last_predictions == other).mean())
-        if k and 0 in self.shots:
-          gain, se = paired_gain(evaluator.last_correct,
-                                 self.evaluators()["binding_0shot"].last_correct)
-          results[f"binding_{k}shot_gain"], results[f"binding_{k}shot_gain_se"] = gain, se
+        predictions = self.evaluators()[f"binding_{k}shot"].last_predictions
+        results[f"binding_{k}shot_other_word"] = float((predictions == other).mean())
     return results
 
   def write_artifacts(self, params, mesh: Mesh, workdir: pathlib.Path) -> list[pathlib.Path]:
