@@ -64,7 +64,7 @@ class UnifiedCache(NamedTuple):
 
   Attributes:
     kv: the transformer's Flax "cache" collection (`cached_key` / `cached_value`
-      `[B, MK + max_length, heads, head_dim]` per layer), image K/V already in slots 0..MK-1.
+      `[B, heads, MK + max_length, head_dim]` per layer), image K/V already in slots 0..MK-1.
     text_offset: int32 `[B]`, MK: the slot of text position 0.
   """
   kv: PyTree

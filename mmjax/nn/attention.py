@@ -94,8 +94,9 @@ class MultiHeadAttention(nn.Module):
     out_features: output width; default the query width.
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype`. Softmax is float32.
     implementation: see `dot_product_attention`.
-    decode: if True, self-attention keys/values go to a fixed-size cache `[B, max_length, H,
-      Dh]` in the "cache" collection (initialise it by calling the module once on a
+    decode: if True, self-attention keys/values go to a fixed-size cache `[B, H, max_length,
+      Dh]` (heads-major: the layout the attention GEMMs read, so no step copies the cache into
+      it) in the "cache" collection (initialise it by calling the module once on a
       `[B, max_length, D]` input with `mutable=["cache"]`). Without `positions`, each call
       appends the next `Tq` positions at one shared `cache_index` (equal-length rows only).
       With `positions` `[B, Tq]`, token t of row b is written to slot `positions[b, t]` and
@@ -103,7 +104,7 @@ class MultiHeadAttention(nn.Module):
       that cache holds no shared index, so every leaf is batch-first.
       Cross-attention (`inputs_kv` given) with decode=True projects `inputs_kv` to keys and
       values once, on the call that creates the cache, and stores them (`cached_cross_key`/
-      `cached_cross_value` `[B, Tk, H, Dh]`); later calls reuse them and never read
+      `cached_cross_value` `[B, H, Tk, Dh]`, heads-major as above); later calls reuse them and never read
       `inputs_kv` again, so a decoding step costs O(Tk) attention, not a re-projection of the
       whole context.
   """
@@ -161,14 +162,14 @@ class MultiHeadAttention(nn.Module):
       chex.assert_equal(inputs_q.shape[0], inputs_kv.shape[0])
       query = dense("query", heads_shape, ("embed", "heads", "kv"))(inputs_q)
       if self.decode and self.has_variable("cache", "cached_cross_key"):
-        key = self.get_variable("cache", "cached_cross_key")
-        value = self.get_variable("cache", "cached_cross_value")
+        key = _token_major(self.get_variable("cache", "cached_cross_key"))
+        value = _token_major(self.get_variable("cache", "cached_cross_value"))
       else:
         kv = dense("kv", (2,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_kv)
         key, value = kv[:, :, 0], kv[:, :, 1]
         if self.decode:
-          self.put_variable("cache", "cached_cross_key", key)
-          self.put_variable("cache", "cached_cross_value", value)
+          self.put_variable("cache", "cached_cross_key", _heads_major(key))
+          self.put_variable("cache", "cached_cross_value", _heads_major(value))
 
     if causal and not self.decode:
       mask = combine_masks(mask, make_causal_mask(inputs_q.shape[1]))
@@ -191,44 +192,70 @@ class MultiHeadAttention(nn.Module):
   def _update_cache(self, key, value):
     """Writes `key`/`value` `[B, T, H, Dh]` at the cache index; returns full cache and mask.
 
-    The first call (cache absent) only allocates a cache sized like its input, which is how a
-    caller fixes the maximum decode length.
+    The cache is stored `[B, H, S, Dh]`; the returned keys/values are its `[B, S, H, Dh]`
+    view, a transpose XLA folds into the attention GEMMs. The first call (cache absent) only
+    allocates a cache sized like its input, which is how a caller fixes the maximum decode
+    length.
     """
     is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, _heads_major_shape(key),
+                               key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                 _heads_major_shape(value), value.dtype)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not is_initialized:
       return key, value, make_causal_mask(key.shape[1])
-    batch, max_length = cached_key.value.shape[:2]
+    batch, _, max_length, _ = cached_key.value.shape
     num_new = key.shape[1]
     index = cache_index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, _heads_major(key),
+                                                    (0, 0, index, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, _heads_major(value),
+                                                      (0, 0, index, 0))
     cache_index.value = index + num_new
     query_pos = index + jnp.arange(num_new)
     key_pos = jnp.arange(max_length)
     mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
-    return cached_key.value, cached_value.value, jnp.broadcast_to(mask, (batch, 1, num_new, max_length))
+    return (_token_major(cached_key.value), _token_major(cached_value.value),
+            jnp.broadcast_to(mask, (batch, 1, num_new, max_length)))
 
   def _update_cache_at(self, key, value, positions):
     """Writes `key`/`value` `[B, T, H, Dh]` at per-row slots `positions` `[B, T]`.
 
-    Returns the full cache `[B, S, H, Dh]` twice and the mask `[B, 1, T, S]` of slots
-    `<= positions[b, t]`. Slots beyond a row's position may hold stale values (padding of a
-    ragged prompt); the mask hides them until they are overwritten. Positions outside
-    `[0, S)` are dropped (XLA scatter semantics), so callers must size the cache.
+    Returns the full cache as `[B, S, H, Dh]` (a view of the stored `[B, H, S, Dh]`) twice
+    and the mask `[B, 1, T, S]` of slots `<= positions[b, t]`. Slots beyond a row's position
+    may hold stale values (padding of a ragged prompt); the mask hides them until they are
+    overwritten. Positions outside `[0, S)` are dropped (XLA scatter semantics), so callers
+    must size the cache.
     """
     is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-    max_length = cached_key.value.shape[1]
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, _heads_major_shape(key),
+                               key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                 _heads_major_shape(value), value.dtype)
+    max_length = cached_key.value.shape[2]
     mask = (jnp.arange(max_length)[None, None, :] <= positions[:, :, None])[:, None]
     if not is_initialized:
       return key, value, mask
     rows = jnp.arange(key.shape[0])[:, None]
-    cached_key.value = cached_key.value.at[rows, positions].set(
+    # Index arrays around a slice put their dims first: the update is [B, T, H, Dh] as given.
+    cached_key.value = cached_key.value.at[rows, :, positions].set(
         key.astype(cached_key.value.dtype), mode="drop")
-    cached_value.value = cached_value.value.at[rows, positions].set(
+    cached_value.value = cached_value.value.at[rows, :, positions].set(
         value.astype(cached_value.value.dtype), mode="drop")
-    return cached_key.value, cached_value.value, mask
+    return _token_major(cached_key.value), _token_major(cached_value.value), mask
+
+
+def _heads_major_shape(x: jax.Array) -> tuple[int, ...]:
+  batch, length, heads, head_dim = x.shape
+  return (batch, heads, length, head_dim)
+
+
+def _heads_major(x: jax.Array) -> jax.Array:
+  """`[B, T, H, Dh] -> [B, H, T, Dh]`, the stored layout of every KV cache."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _token_major(x: jax.Array) -> jax.Array:
+  """`[B, H, T, Dh] -> [B, T, H, Dh]`, the layout `dot_product_attention` takes."""
+  return jnp.swapaxes(x, 1, 2)

@@ -74,6 +74,37 @@ def test_kv_cache_decoding_matches_full_forward():
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_per_row_cache_writes_keys_heads_major_at_each_rows_slot():
+  """decode=True with `positions`: row b's key/value projections land at slot positions[b] of
+  the stored `[B, H, S, Dh]` cache (other slots untouched), and the query attends to slots
+  <= positions[b] of its own row, as a numpy projection and attention say."""
+  x = jax.random.normal(jax.random.key(0), (2, 1, 16))
+  module = MultiHeadAttention(num_heads=4)
+  params = module.init(jax.random.key(1), x)["params"]
+  p = jax.tree.map(np.asarray, params)
+  decoder = MultiHeadAttention(num_heads=4, decode=True)
+  slots = 6
+  cache = decoder.init(jax.random.key(1), jnp.zeros((2, slots, 16)),
+                       positions=jnp.zeros((2, slots), jnp.int32))["cache"]
+  old = jax.random.normal(jax.random.key(2), cache["cached_key"].shape)
+  cache = {"cached_key": old, "cached_value": 2.0 * old}
+  positions = np.array([[2], [5]], np.int32)
+  out, variables = decoder.apply({"params": params, "cache": cache}, x,
+                                 positions=jnp.asarray(positions), mutable=["cache"])
+  qkv = np.einsum("btd,dshk->btshk", x, p["qkv"]["kernel"].value) + p["qkv"]["bias"].value
+  for name, part, scale in (("cached_key", 1, 1.0), ("cached_value", 2, 2.0)):
+    expected = scale * np.asarray(old)  # [B, H, S, Dh]
+    for b in range(2):
+      expected[b, :, positions[b, 0]] = qkv[b, 0, part]
+    np.testing.assert_allclose(variables["cache"][name], expected, rtol=1e-5, atol=1e-6)
+  stored_k = np.swapaxes(np.asarray(variables["cache"]["cached_key"]), 1, 2)
+  stored_v = np.swapaxes(np.asarray(variables["cache"]["cached_value"]), 1, 2)
+  mask = (np.arange(slots)[None, :] <= positions)[:, None, None, :]  # [B, 1, Tq, S]
+  heads = naive_attention(qkv[:, :, 0], stored_k, stored_v, mask)
+  expected_out = np.einsum("bthk,hkd->btd", heads, p["out"]["kernel"].value) + p["out"]["bias"].value
+  np.testing.assert_allclose(out, expected_out, rtol=1e-4, atol=1e-5)
+
+
 def test_cross_attention_cache_projects_the_context_once():
   """decode=True cross-attention stores K/V on the cache-creating call and then never reads
   `inputs_kv` again: later calls with another context give the first context's output."""
@@ -84,7 +115,7 @@ def test_cross_attention_cache_projects_the_context_once():
   decoder = MultiHeadAttention(num_heads=2, decode=True)
   out, variables = decoder.apply({"params": params}, q, ctx, mutable=["cache"])
   cache = variables["cache"]
-  assert cache["cached_cross_key"].shape == (2, 7, 2, 8)
+  assert cache["cached_cross_key"].shape == (2, 2, 7, 8)  # [B, H, Tk, Dh]
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
   for start in range(3):  # one query token at a time, against the cached context
     step, _ = decoder.apply({"params": params, "cache": cache}, q[:, start:start + 1],
