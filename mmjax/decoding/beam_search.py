@@ -12,7 +12,8 @@ so `length_penalty > 0` favours longer sequences and 0 ranks by plain log-probab
 still alive after `max_new_tokens` join the pool with L = max_new_tokens.
 
 The prompt is prefilled once for B rows, then every cache leaf is repeated k times along the
-batch axis, once; beams are reordered by gathering cache rows (LAVIS #142).
+batch axis, once; beams are reordered by gathering cache rows (LAVIS #142), within each prompt's
+k rows, so the attention's `SlotKVCache` moves only its slot table, not its K/V.
 """
 import jax
 import jax.numpy as jnp
@@ -167,7 +168,7 @@ def beam_search(step_fn: step_lib.StepFn, cache, prompt: jax.Array,
         step_index=t + 1, alive_tokens=alive_tokens, alive_log_probs=alive_log_probs,
         finished_tokens=finished_tokens, finished_scores=finished_scores,
         finished_lengths=finished_lengths, done=done | now_done, last_token=new_token,
-        cache=step_lib.gather_rows(state["cache"], source_rows))
+        cache=step_lib.gather_rows(state["cache"], source_rows, group_size=beams))
     if state["seen"] is not None:
       new["seen"] = processors.mark_seen(
           step_lib.gather_rows(state["seen"], source_rows), new_token[:, None])

@@ -3,7 +3,7 @@
 A decoder is a `step_fn(tokens, cache, positions) -> (logits, cache)` (see the package
 docstring for the full contract). This file holds the few helpers that talk to it directly.
 """
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -92,13 +92,26 @@ def prefill(step_fn: StepFn, cache: PyTree, prompt: jax.Array,
   return last_logits.astype(jnp.float32), cache
 
 
-def _map_batched(fn, tree: PyTree) -> PyTree:
+@runtime_checkable
+class RowsOwner(Protocol):
+  """A cache node that lays out its rows itself (e.g. `mmjax.nn.kv_cache.SlotKVCache`, whose
+  beams share K/V slots): `expand_rows` and `gather_rows` call its methods instead of
+  touching its arrays."""
+
+  def expand_rows(self, times: int) -> Any: ...
+
+  def gather_rows(self, rows: jax.Array, group_size: int | None = None) -> Any: ...
+
+
+def _map_batched(fn, node_fn, tree: PyTree) -> PyTree:
   def apply(leaf):
+    if isinstance(leaf, RowsOwner):
+      return node_fn(leaf)
     leaf = jnp.asarray(leaf)
     if leaf.ndim == 0:
       return leaf  # A scalar (e.g. a shared cache index) is shared by all rows.
     return fn(leaf)
-  return jax.tree.map(apply, tree)
+  return jax.tree.map(apply, tree, is_leaf=lambda x: isinstance(x, RowsOwner))
 
 
 def expand_rows(tree: PyTree, times: int) -> PyTree:
@@ -107,12 +120,19 @@ def expand_rows(tree: PyTree, times: int) -> PyTree:
   Rows of one example stay adjacent (row b becomes rows b*times ... b*times + times-1), the
   layout beam search and `num_return_sequences` rely on. 0-d leaves are shared, not repeated.
   """
-  return _map_batched(lambda leaf: jnp.repeat(leaf, times, axis=0), tree)
+  return _map_batched(lambda leaf: jnp.repeat(leaf, times, axis=0),
+                      lambda node: node.expand_rows(times), tree)
 
 
-def gather_rows(tree: PyTree, rows: jax.Array) -> PyTree:
-  """Selects rows `rows` int32[R] along axis 0 of every leaf (beam reordering)."""
-  return _map_batched(lambda leaf: jnp.take(leaf, rows, axis=0), tree)
+def gather_rows(tree: PyTree, rows: jax.Array, group_size: int | None = None) -> PyTree:
+  """Selects rows `rows` int32[R] along axis 0 of every leaf (beam reordering).
+
+  `group_size` k, when given, promises that each `rows[r]` lies in r's own group of k adjacent
+  rows (beam search reorders the k beams of a prompt among themselves); a cache whose rows
+  share slots (`RowsOwner`) then moves only its slot table, not its K/V.
+  """
+  return _map_batched(lambda leaf: jnp.take(leaf, rows, axis=0),
+                      lambda node: node.gather_rows(rows, group_size), tree)
 
 
 def banned_tokens_step_fn(step_fn: StepFn, start: int, stop: int | None = None) -> StepFn:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn import initializers
+from mmjax.nn import initializers, kv_cache
 
 Dtype = Any
 
@@ -94,18 +94,20 @@ class MultiHeadAttention(nn.Module):
     out_features: output width; default the query width.
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype`. Softmax is float32.
     implementation: see `dot_product_attention`.
-    decode: if True, self-attention keys/values go to a fixed-size cache `[B, H, max_length,
-      Dh]` (heads-major: the layout the attention GEMMs read, so no step copies the cache into
-      it) in the "cache" collection (initialise it by calling the module once on a
-      `[B, max_length, D]` input with `mutable=["cache"]`). Without `positions`, each call
-      appends the next `Tq` positions at one shared `cache_index` (equal-length rows only).
-      With `positions` `[B, Tq]`, token t of row b is written to slot `positions[b, t]` and
-      attends to slots `<= positions[b, t]` of its own row (ragged prompts, beam search);
-      that cache holds no shared index, so every leaf is batch-first.
+    decode: if True, self-attention keys/values go to a fixed-size cache in the "cache"
+      collection (initialise it by calling the module once on a `[B, max_length, D]` input
+      with `mutable=["cache"]`). Without `positions`, each call appends the next `Tq`
+      positions at one shared `cache_index` (equal-length rows only) of `cached_key` /
+      `cached_value` `[B, H, max_length, Dh]` (heads-major: the layout the attention GEMMs
+      read, so no step copies the cache into it). With `positions` `[B, Tq]`, token t of row b
+      is written to slot `positions[b, t]` of a `kv_cache.SlotKVCache` "kv" and attends to
+      slots `<= positions[b, t]` of its own row (ragged prompts, beam search, whose reorders
+      then move only the cache's slot table); that cache holds no shared index. This path
+      always uses the einsum kernel.
       Cross-attention (`inputs_kv` given) with decode=True projects `inputs_kv` to keys and
       values once, on the call that creates the cache, and stores them (`cached_cross_key`/
-      `cached_cross_value` `[B, H, Tk, Dh]`, heads-major as above); later calls reuse them and never read
-      `inputs_kv` again, so a decoding step costs O(Tk) attention, not a re-projection of the
+      `cached_cross_value` `[B, H, Tk, Dh]`, heads-major as above); later calls reuse them and
+      never read `inputs_kv` again, so a decoding step costs O(Tk) attention, not a re-projection of the
       whole context.
   """
   num_heads: int
@@ -173,14 +175,16 @@ class MultiHeadAttention(nn.Module):
 
     if causal and not self.decode:
       mask = combine_masks(mask, make_causal_mask(inputs_q.shape[1]))
+    out = None
     if self.decode and inputs_kv is None:
       if positions is None:
         key, value, cache_mask = self._update_cache(key, value)
+        mask = combine_masks(mask, cache_mask)
       else:
-        key, value, cache_mask = self._update_cache_at(key, value, positions)
-      mask = combine_masks(mask, cache_mask)
+        out, key, value, mask = self._attend_slot_cache(query, key, value, positions, mask)
 
-    out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
+    if out is None:
+      out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
     return nn.DenseGeneral(
         self.out_features or embed_dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -219,31 +223,26 @@ class MultiHeadAttention(nn.Module):
     return (_token_major(cached_key.value), _token_major(cached_value.value),
             jnp.broadcast_to(mask, (batch, 1, num_new, max_length)))
 
-  def _update_cache_at(self, key, value, positions):
-    """Writes `key`/`value` `[B, T, H, Dh]` at per-row slots `positions` `[B, T]`.
+  def _attend_slot_cache(self, query, key, value, positions, mask):
+    """Writes `key`/`value` `[B, T, H, Dh]` at per-row slots `positions` `[B, T]` of the
+    `SlotKVCache` "kv" and attends each query to the slots `<= positions[b, t]` of its row.
 
-    Returns the full cache as `[B, S, H, Dh]` (a view of the stored `[B, H, S, Dh]`) twice
-    and the mask `[B, 1, T, S]` of slots `<= positions[b, t]`. Slots beyond a row's position
-    may hold stale values (padding of a ragged prompt); the mask hides them until they are
-    overwritten. Positions outside `[0, S)` are dropped (XLA scatter semantics), so callers
-    must size the cache.
+    Returns `(out, key, value, mask)`: `out` `[B, T, H, Dh]` from the cache, or, on the call
+    that creates the cache (which writes nothing), None with the inputs' own keys, values and
+    mask for the plain kernel. Slots beyond a row's position may hold stale values (padding of
+    a ragged prompt); the mask hides them until they are overwritten. Positions outside
+    `[0, S)` are dropped (XLA scatter semantics), so callers must size the cache.
     """
-    is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, _heads_major_shape(key),
-                               key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros,
-                                 _heads_major_shape(value), value.dtype)
-    max_length = cached_key.value.shape[2]
-    mask = (jnp.arange(max_length)[None, None, :] <= positions[:, :, None])[:, None]
+    is_initialized = self.has_variable("cache", "kv")
+    batch, length, heads, head_dim = key.shape
+    kv = self.variable("cache", "kv", kv_cache.SlotKVCache.zeros, batch, heads, length,
+                       head_dim, key.dtype)
+    slot_mask = (jnp.arange(kv.value.num_slots)[None, None, :] <= positions[:, :, None])[:, None]
+    mask = combine_masks(mask, slot_mask)
     if not is_initialized:
-      return key, value, mask
-    rows = jnp.arange(key.shape[0])[:, None]
-    # Index arrays around a slice put their dims first: the update is [B, T, H, Dh] as given.
-    cached_key.value = cached_key.value.at[rows, :, positions].set(
-        key.astype(cached_key.value.dtype), mode="drop")
-    cached_value.value = cached_value.value.at[rows, :, positions].set(
-        value.astype(cached_value.value.dtype), mode="drop")
-    return _token_major(cached_key.value), _token_major(cached_value.value), mask
+      return None, key, value, mask
+    kv.value = kv.value.write(key, value, positions)
+    return kv.value.attend(query, mask), key, value, mask
 
 
 def _heads_major_shape(x: jax.Array) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax.nn.attention import MultiHeadAttention, dot_product_attention, make_causal_mask
+from mmjax.nn.kv_cache import SlotKVCache
 from mmjax.nn.transformer import Transformer, TransformerBlock
 
 
@@ -74,9 +75,9 @@ def test_kv_cache_decoding_matches_full_forward():
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_per_row_cache_writes_keys_heads_major_at_each_rows_slot():
+def test_per_row_cache_writes_each_rows_keys_at_its_slot():
   """decode=True with `positions`: row b's key/value projections land at slot positions[b] of
-  the stored `[B, H, S, Dh]` cache (other slots untouched), and the query attends to slots
+  its row of the `SlotKVCache` (other slots untouched), and the query attends to slots
   <= positions[b] of its own row, as a numpy projection and attention say."""
   x = jax.random.normal(jax.random.key(0), (2, 1, 16))
   module = MultiHeadAttention(num_heads=4)
@@ -86,19 +87,20 @@ def test_per_row_cache_writes_keys_heads_major_at_each_rows_slot():
   slots = 6
   cache = decoder.init(jax.random.key(1), jnp.zeros((2, slots, 16)),
                        positions=jnp.zeros((2, slots), jnp.int32))["cache"]
-  old = jax.random.normal(jax.random.key(2), cache["cached_key"].shape)
-  cache = {"cached_key": old, "cached_value": 2.0 * old}
+  assert isinstance(cache["kv"], SlotKVCache) and cache["kv"].num_slots == slots
+  old = np.asarray(jax.random.normal(jax.random.key(2), (2, 4, slots, 4)))  # [B, H, S, Dh]
+  cache = {"kv": SlotKVCache.from_rows(jnp.asarray(old), jnp.asarray(2.0 * old), group=1)}
   positions = np.array([[2], [5]], np.int32)
   out, variables = decoder.apply({"params": params, "cache": cache}, x,
                                  positions=jnp.asarray(positions), mutable=["cache"])
   qkv = np.einsum("btd,dshk->btshk", x, p["qkv"]["kernel"].value) + p["qkv"]["bias"].value
-  for name, part, scale in (("cached_key", 1, 1.0), ("cached_value", 2, 2.0)):
-    expected = scale * np.asarray(old)  # [B, H, S, Dh]
+  stored = variables["cache"]["kv"].rows()
+  for got, part, scale in ((stored[0], 1, 1.0), (stored[1], 2, 2.0)):
+    expected = scale * old
     for b in range(2):
       expected[b, :, positions[b, 0]] = qkv[b, 0, part]
-    np.testing.assert_allclose(variables["cache"][name], expected, rtol=1e-5, atol=1e-6)
-  stored_k = np.swapaxes(np.asarray(variables["cache"]["cached_key"]), 1, 2)
-  stored_v = np.swapaxes(np.asarray(variables["cache"]["cached_value"]), 1, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  stored_k, stored_v = (np.swapaxes(np.asarray(a), 1, 2) for a in stored)
   mask = (np.arange(slots)[None, :] <= positions)[:, None, None, :]  # [B, 1, Tq, S]
   heads = naive_attention(qkv[:, :, 0], stored_k, stored_v, mask)
   expected_out = np.einsum("bthk,hkd->btd", heads, p["out"]["kernel"].value) + p["out"]["bias"].value
