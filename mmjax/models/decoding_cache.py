@@ -31,8 +31,8 @@ class DecodingCache(NamedTuple):
 
   Attributes:
     image_tokens: `[B, S, vision_width]` encoder output the decoder cross-attends to.
-    kv: the decoder's Flax "cache" collection: per layer the self-attention's `cached_key` /
-      `cached_value` `[B, heads, max_length, head_dim]` and the cross-attention's
+    kv: the decoder's Flax "cache" collection: per layer the self-attention's `SlotKVCache`
+      "kv" (`max_length` slots per row) and the cross-attention's
       `cached_cross_key` / `cached_cross_value` `[B, heads, S, head_dim]`.
   """
   image_tokens: jax.Array

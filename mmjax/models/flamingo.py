@@ -70,8 +70,8 @@ class FlamingoCache(NamedTuple):
 
   Attributes:
     media_latents: `[B, M, R, Wv]`, the resampled images (encoded once, in `init_cache`).
-    kv: the Flax "cache" collection: each LM block's self-attention K/V `[B, H, max_length,
-      Dh]` and each gated block's media K/V `[B, H, M R, Dh]`.
+    kv: the Flax "cache" collection: each LM block's self-attention `SlotKVCache`
+      (`max_length` slots per row) and each gated block's media K/V `[B, H, M R, Dh]`.
     media_seen: int32 `[B]`, `<image>` tokens already fed per row: the next text token's
       latest image is media_seen - 1 (or the next `<image>`).
   """

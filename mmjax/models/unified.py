@@ -63,8 +63,8 @@ class UnifiedCache(NamedTuple):
   """Decoding state for B rows (batch-first leaves, so beam search expands and reorders them).
 
   Attributes:
-    kv: the transformer's Flax "cache" collection (`cached_key` / `cached_value`
-      `[B, heads, MK + max_length, head_dim]` per layer), image K/V already in slots 0..MK-1.
+    kv: the transformer's Flax "cache" collection (a `SlotKVCache` of MK + max_length
+      slots per row and layer), image K/V already in slots 0..MK-1.
     text_offset: int32 `[B]`, MK: the slot of text position 0.
   """
   kv: PyTree
