@@ -34,7 +34,7 @@ from mmjax import decoding  # pylint: disable=wrong-import-position
 from mmjax.models.captioner import CaptionCache, Captioner  # pylint: disable=wrong-import-position
 
 BATCH, NEW_TOKENS, IMAGE_SIZE, VOCAB = 32, 23, 64, 80
-CROSS_KEYS = ("cached_cross_key", "cached_cross_value")
+CROSS_KEYS = ("cross_kv",)
 
 
 def make_model(seed: int = 0):

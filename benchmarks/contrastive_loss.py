@@ -86,7 +86,7 @@ def run_jax(impl: str, n: int, block_size: int, repeats: int) -> dict:
     times.append((time.perf_counter() - start, time.process_time() - cpu_start))
     del grads
   wall, cpu = min(times)
-  return {"time_s": wall, "cpu_s": cpu, "loss": float(loss)}
+  return {"time_s": wall, "cpu_s": cpu, "loss": float(loss), "times_s": [t for t, _ in times]}
 
 
 def run_open_clip(impl: str, n: int, repeats: int) -> dict:
@@ -111,7 +111,7 @@ def run_open_clip(impl: str, n: int, repeats: int) -> dict:
     loss.backward()
     times.append((time.perf_counter() - start, time.process_time() - cpu_start))
   wall, cpu = min(times[1:])
-  return {"time_s": wall, "cpu_s": cpu, "loss": float(loss)}
+  return {"time_s": wall, "cpu_s": cpu, "loss": float(loss), "times_s": [t for t, _ in times[1:]]}
 
 
 def compiled_estimate_gb(impl: str, n: int) -> float:
@@ -160,6 +160,15 @@ def run_in_subprocess(impl, n, block_size, repeats, timeout, estimate_only=False
       return json.loads(line[len("RESULT "):])
   tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
   return {"error": f"exit {proc.returncode}: {tail[0][:120]}"}
+
+
+def spread(result: dict) -> str:
+  """' calls: min / median / max s' over the timed calls, when there were several."""
+  times = sorted(result.get("times_s", []))
+  if len(times) < 2:
+    return ""
+  return (f"; {len(times)} calls: {times[0]:.2f} / {times[len(times) // 2]:.2f} / "
+          f"{times[-1]:.2f} s (min / median / max)")
 
 
 def cell(result: dict | None) -> str:
@@ -250,7 +259,8 @@ def main() -> None:
       result = run_in_subprocess(impl, n, args.block_size, repeats, args.timeout,
                                  estimate_only=dense and n > args.max_dense_n)
       results[f"{impl}@{n}"] = result
-      print(f"{impl:18s} N={n:7d} {cell(result)}  ({time.time() - start:.0f} s)", flush=True)
+      print(f"{impl:18s} N={n:7d} {cell(result)}  ({time.time() - start:.0f} s){spread(result)}",
+            flush=True)
       path.write_text(json.dumps(results, indent=1))
   markdown = table(results, args.block_size)
   if args.note:

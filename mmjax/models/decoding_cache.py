@@ -32,8 +32,8 @@ class DecodingCache(NamedTuple):
   Attributes:
     image_tokens: `[B, S, vision_width]` encoder output the decoder cross-attends to.
     kv: the decoder's Flax "cache" collection: per layer the self-attention's `SlotKVCache`
-      "kv" (`max_length` slots per row) and the cross-attention's
-      `cached_cross_key` / `cached_cross_value` `[B, heads, S, head_dim]`.
+      "kv" (`max_length` slots per row) and the cross-attention's `ContextKVCache` "cross_kv"
+      (the image tokens' K/V, one copy per group of rows decoding the same image).
   """
   image_tokens: jax.Array
   kv: PyTree

@@ -105,9 +105,10 @@ class MultiHeadAttention(nn.Module):
       then move only the cache's slot table); that cache holds no shared index. This path
       always uses the einsum kernel.
       Cross-attention (`inputs_kv` given) with decode=True projects `inputs_kv` to keys and
-      values once, on the call that creates the cache, and stores them (`cached_cross_key`/
-      `cached_cross_value` `[B, H, Tk, Dh]`, heads-major as above); later calls reuse them and
-      never read `inputs_kv` again, so a decoding step costs O(Tk) attention, not a re-projection of the
+      values once, on the call that creates the cache, and stores them (a
+      `kv_cache.ContextKVCache` "cross_kv", one copy per group of rows that share the
+      context, so beams neither repeat nor reorder it); later calls reuse them and never read
+      `inputs_kv` again, so a decoding step costs O(Tk) attention, not a re-projection of the
       whole context.
   """
   num_heads: int
@@ -163,15 +164,14 @@ class MultiHeadAttention(nn.Module):
       chex.assert_rank(inputs_kv, 3)
       chex.assert_equal(inputs_q.shape[0], inputs_kv.shape[0])
       query = dense("query", heads_shape, ("embed", "heads", "kv"))(inputs_q)
-      if self.decode and self.has_variable("cache", "cached_cross_key"):
-        key = _token_major(self.get_variable("cache", "cached_cross_key"))
-        value = _token_major(self.get_variable("cache", "cached_cross_value"))
-      else:
-        kv = dense("kv", (2,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_kv)
-        key, value = kv[:, :, 0], kv[:, :, 1]
-        if self.decode:
-          self.put_variable("cache", "cached_cross_key", _heads_major(key))
-          self.put_variable("cache", "cached_cross_value", _heads_major(value))
+      if self.decode and self.has_variable("cache", "cross_kv"):
+        context = self.get_variable("cache", "cross_kv")
+        out = context.attend(query, mask)
+        return self._project_out(out, embed_dim)
+      kv = dense("kv", (2,) + heads_shape, ("embed", None, "heads", "kv"))(inputs_kv)
+      key, value = kv[:, :, 0], kv[:, :, 1]
+      if self.decode:
+        self.put_variable("cache", "cross_kv", kv_cache.ContextKVCache.from_rows(key, value))
 
     if causal and not self.decode:
       mask = combine_masks(mask, make_causal_mask(inputs_q.shape[1]))
@@ -185,6 +185,10 @@ class MultiHeadAttention(nn.Module):
 
     if out is None:
       out = dot_product_attention(query, key, value, mask, implementation=self.implementation)
+    return self._project_out(out, embed_dim)
+
+  def _project_out(self, out: jax.Array, embed_dim: int) -> jax.Array:
+    """The output projection `[B, T, H, Dh] -> [B, T, out_features]`."""
     return nn.DenseGeneral(
         self.out_features or embed_dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype,

@@ -151,3 +151,76 @@ class SlotKVCache:
     key, value = self.rows()
     return SlotKVCache.from_rows(jnp.take(key, rows, axis=0), jnp.take(value, rows, axis=0),
                                  self.group)
+
+
+@flax.struct.dataclass
+class ContextKVCache:
+  """Cross-attention keys and values of a context (image tokens, encoder states), one copy per
+  group of rows that attend to the same context (an example's beams or sampled sequences).
+
+  Expanding rows only widens the group and a within-group reorder changes nothing, so no
+  decoding step copies the context's K/V (a plain row gather copied all of them every beam
+  step). Keys are stored `[B, H, Dh, Tk]` and values `[B, H, Tk, Dh]`, the layouts of
+  `SlotKVCache`; the G rows of a group attend as one `[G * Tq]`-row query block.
+
+  Attributes:
+    key: `[B, H, Dh, Tk]`; value: `[B, H, Tk, Dh]`, for B groups of `group` rows each.
+    group: static G.
+  """
+  key: jax.Array
+  value: jax.Array
+  group: int = flax.struct.field(pytree_node=False, default=1)
+
+  @classmethod
+  def from_rows(cls, key: jax.Array, value: jax.Array) -> "ContextKVCache":
+    """The cache of per-row K/V `[R, Tk, H, Dh]` (token-major, as projected), one row a group."""
+    return cls(key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3), 1)
+
+  @property
+  def num_rows(self) -> int:
+    return self.key.shape[0] * self.group
+
+  def rows(self) -> tuple[jax.Array, jax.Array]:
+    """Every row's keys and values `[R, Tk, H, Dh]` (a copy per row)."""
+    key = jnp.repeat(self.key.transpose(0, 3, 1, 2), self.group, axis=0)
+    value = jnp.repeat(self.value.transpose(0, 2, 1, 3), self.group, axis=0)
+    return key, value
+
+  def attend(self, query: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Softmax attention of `query` `[R, Tq, H, Dh]` (unscaled) over the row's context.
+
+    Args:
+      mask: bool broadcastable to `[R, H, Tq, Tk]` (True = may attend), or None.
+    Returns:
+      `[R, Tq, H, Dh]` in the query's dtype.
+    """
+    num_groups, heads, head_dim, context = self.key.shape
+    group, tq = self.group, query.shape[1]
+    query = query * jnp.asarray(head_dim ** -0.5, query.dtype)
+    q = query.reshape(num_groups, group, tq, heads, head_dim).transpose(0, 3, 1, 2, 4)
+    q = q.reshape(num_groups, heads, group * tq, head_dim)
+    logits = jnp.einsum("bhqd,bhdk->bhqk", q, self.key, preferred_element_type=jnp.float32)
+    if mask is not None:
+      mask = jnp.asarray(mask)
+      mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+      mask_heads = mask.shape[1]
+      mask = jnp.broadcast_to(mask, (self.num_rows, mask_heads, tq, context))
+      mask = mask.reshape(num_groups, group, mask_heads, tq, context).transpose(0, 2, 1, 3, 4)
+      mask = mask.reshape(num_groups, mask_heads, group * tq, context)
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, self.value)
+    out = out.reshape(num_groups, heads, group, tq, head_dim).transpose(0, 2, 3, 1, 4)
+    return out.reshape(self.num_rows, tq, heads, head_dim)
+
+  def expand_rows(self, times: int) -> "ContextKVCache":
+    """Each row repeated `times` times: the group widens, nothing is copied."""
+    return self.replace(group=self.group * times)
+
+  def gather_rows(self, rows: jax.Array, group_size: int | None = None) -> "ContextKVCache":
+    """Row r becomes row `rows[r]`. Within groups (`group_size` dividing the group) nothing
+    changes; otherwise every row's K/V are copied and each row becomes its own group."""
+    if group_size is not None and self.group % group_size == 0:
+      return self
+    key, value = self.rows()
+    return ContextKVCache.from_rows(jnp.take(key, rows, axis=0), jnp.take(value, rows, axis=0))

@@ -130,7 +130,7 @@ def test_cached_decoding_equals_full_forward(setup):
   assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves(cache))
   # The image tokens' cross-attention K/V are projected once, into the cache.
   cross_keys = [path for path, _ in jax.tree_util.tree_leaves_with_path(cache.kv)
-                if "cached_cross_key" in jax.tree_util.keystr(path)]
+                if "['cross_kv'].key" in jax.tree_util.keystr(path)]
   assert len(cross_keys) == model.text_layers
   step = fast_jit(functools.partial(model.decode_step, params))
   # Two 5-token chunks (one compilation): prefill at slots 0..4, then slots 5..9.

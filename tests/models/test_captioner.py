@@ -97,7 +97,7 @@ def test_cached_decoding_matches_teacher_forcing_with_ragged_prompts(setup):
   step = fast_jit(functools.partial(model.decode_step, params))
   cache = model.init_cache(params, images, length)
   cross_keys = [path for path, _ in jax.tree_util.tree_leaves_with_path(cache.kv)
-                if "cached_cross_key" in jax.tree_util.keystr(path)]
+                if "['cross_kv'].key" in jax.tree_util.keystr(path)]
   assert len(cross_keys) == model.text_layers
   # The steps read the image only through the cross-attention K/V projected by init_cache:
   # zeroing the cache's image tokens changes nothing.

@@ -117,7 +117,7 @@ def test_cross_attention_cache_projects_the_context_once():
   decoder = MultiHeadAttention(num_heads=2, decode=True)
   out, variables = decoder.apply({"params": params}, q, ctx, mutable=["cache"])
   cache = variables["cache"]
-  assert cache["cached_cross_key"].shape == (2, 2, 7, 8)  # [B, H, Tk, Dh]
+  assert cache["cross_kv"].key.shape == (2, 2, 8, 7)  # [B, H, Dh, Tk]
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
   for start in range(3):  # one query token at a time, against the cached context
     step, _ = decoder.apply({"params": params, "cache": cache}, q[:, start:start + 1],

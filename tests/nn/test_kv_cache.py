@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmjax.decoding import expand_rows, gather_rows
-from mmjax.nn.kv_cache import SlotKVCache
+from mmjax.nn.kv_cache import ContextKVCache, SlotKVCache
 
 HEADS, SLOTS, HEAD_DIM = 2, 7, 4
 
@@ -111,3 +111,31 @@ def test_attend_takes_each_slot_from_the_row_source_names():
 def test_bad_group_raises():
   with pytest.raises(ValueError, match="groups of 4"):
     SlotKVCache.from_rows(jnp.zeros((6, 1, 2, 1)), jnp.zeros((6, 1, 2, 1)), group=4)
+
+
+def test_context_cache_shared_by_a_group_attends_as_per_row_copies():
+  """Expanded to 3 rows per context and reordered within groups, each row (with its own mask,
+  e.g. a media mask) attends as numpy does over its own copy; a reorder across groups copies."""
+  rng = np.random.default_rng(2)
+  batch, context, times = 2, 5, 3
+  key, value = random_kv(rng, batch, context)  # [B, Tk, H, Dh]
+  cache = expand_rows({"ctx": ContextKVCache.from_rows(jnp.asarray(key), jnp.asarray(value))},
+                      times)["ctx"]
+  assert cache.group == times and cache.key.shape[0] == batch  # nothing copied
+  cache = gather_rows(cache, jnp.array([2, 0, 0, 4, 5, 3]), group_size=times)
+  query, _ = random_kv(rng, batch * times, 2)
+  mask = rng.random((batch * times, 1, 2, context)) > 0.3
+  mask[..., 0] = True
+  rows_key = np.swapaxes(np.repeat(key, times, axis=0), 1, 2)  # [R, H, Tk, Dh]
+  rows_value = np.swapaxes(np.repeat(value, times, axis=0), 1, 2)
+  np.testing.assert_allclose(cache.attend(jnp.asarray(query), jnp.asarray(mask)),
+                             numpy_attention(query, rows_key, rows_value, mask),
+                             rtol=1e-5, atol=1e-6)
+  rows = np.array([3, 1, 5, 0, 2, 4])
+  moved = gather_rows(cache, jnp.asarray(rows))  # rows from other groups: copied
+  assert moved.group == 1
+  np.testing.assert_array_equal(moved.rows()[0], np.repeat(key, times, axis=0)[rows])
+  np.testing.assert_allclose(moved.attend(jnp.asarray(query), None),
+                             numpy_attention(query, rows_key[rows], rows_value[rows],
+                                             np.ones((6, 1, 2, context), bool)),
+                             rtol=1e-5, atol=1e-6)
