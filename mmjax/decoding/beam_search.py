@@ -83,7 +83,7 @@ def beam_search(step_fn: step_lib.StepFn, cache, prompt: jax.Array,
   vocab_size = logits.shape[-1]
   seen = sampling.initial_seen(prompt, prompt_lengths, vocab_size, repetition_penalty is not None)
   logits, cache, beam_prompt_lengths, seen = step_lib.expand_rows(
-      (logits, cache, prompt_lengths, seen), beams)
+      (logits, cache, prompt_lengths, seen), beams, share=True)
   num_candidates = min(2 * beams, beams * vocab_size)
   # Only beam 0 starts alive, so the first step does not pick k copies of one token.
   alive_log_probs = jnp.tile(

@@ -98,7 +98,7 @@ class RowsOwner(Protocol):
   beams share K/V slots): `expand_rows` and `gather_rows` call its methods instead of
   touching its arrays."""
 
-  def expand_rows(self, times: int) -> Any: ...
+  def expand_rows(self, times: int, share: bool = False) -> Any: ...
 
   def gather_rows(self, rows: jax.Array, group_size: int | None = None) -> Any: ...
 
@@ -114,14 +114,16 @@ def _map_batched(fn, node_fn, tree: PyTree) -> PyTree:
   return jax.tree.map(apply, tree, is_leaf=lambda x: isinstance(x, RowsOwner))
 
 
-def expand_rows(tree: PyTree, times: int) -> PyTree:
+def expand_rows(tree: PyTree, times: int, share: bool = False) -> PyTree:
   """Repeats each row `times` times along axis 0: `[B, ...] -> [B * times, ...]`.
 
   Rows of one example stay adjacent (row b becomes rows b*times ... b*times + times-1), the
   layout beam search and `num_return_sequences` rely on. 0-d leaves are shared, not repeated.
+  `share=True` (beam search) tells caches whose rows can share slots (`RowsOwner`) that the
+  copies will be reordered among themselves (`gather_rows(..., group_size=times)`).
   """
   return _map_batched(lambda leaf: jnp.repeat(leaf, times, axis=0),
-                      lambda node: node.expand_rows(times), tree)
+                      lambda node: node.expand_rows(times, share), tree)
 
 
 def gather_rows(tree: PyTree, rows: jax.Array, group_size: int | None = None) -> PyTree:

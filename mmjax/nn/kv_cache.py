@@ -132,12 +132,14 @@ class SlotKVCache:
     value = value.transpose(0, 2, 1, 3, 4).reshape(self.num_rows, heads, slots, head_dim)
     return key, value
 
-  def expand_rows(self, times: int) -> "SlotKVCache":
-    """Each row repeated `times` times (adjacent, as `decoding.expand_rows`); the copies of a
-    row form a group, so beam search can then reorder them without moving K/V."""
+  def expand_rows(self, times: int, share: bool = False) -> "SlotKVCache":
+    """Each row repeated `times` times (adjacent, as `decoding.expand_rows`). With `share`
+    the copies of a row form a group, so beam search can then reorder them without moving
+    K/V; without it (sampled sequences, which never reorder) each copy is its own group, so
+    its attention reads only its own row."""
     key, value = self.rows()
     return SlotKVCache.from_rows(jnp.repeat(key, times, axis=0), jnp.repeat(value, times, axis=0),
-                                 times)
+                                 times if share else 1)
 
   def gather_rows(self, rows: jax.Array, group_size: int | None = None) -> "SlotKVCache":
     """Row r becomes row `rows[r]` (int32 `[R]`).
@@ -213,8 +215,10 @@ class ContextKVCache:
     out = out.reshape(num_groups, heads, group, tq, head_dim).transpose(0, 2, 3, 1, 4)
     return out.reshape(self.num_rows, tq, heads, head_dim)
 
-  def expand_rows(self, times: int) -> "ContextKVCache":
-    """Each row repeated `times` times: the group widens, nothing is copied."""
+  def expand_rows(self, times: int, share: bool = False) -> "ContextKVCache":
+    """Each row repeated `times` times: the group widens, nothing is copied (whether or not
+    the rows will `share` slots later: a context is read-only)."""
+    del share
     return self.replace(group=self.group * times)
 
   def gather_rows(self, rows: jax.Array, group_size: int | None = None) -> "ContextKVCache":

@@ -52,7 +52,7 @@ def test_beam_reorders_within_groups_read_what_copied_rows_hold(num_beams):
   numpy_write(ref_key, ref_value, prompt_key, prompt_value, prompt_positions)
   lengths = np.array([3, 2], np.int32)  # row 1's slot 2 is padding, overwritten below
 
-  cache = expand_rows({"kv": cache}, num_beams)["kv"]
+  cache = expand_rows({"kv": cache}, num_beams, share=True)["kv"]
   ref_key, ref_value = (np.repeat(a, num_beams, axis=0) for a in (ref_key, ref_value))
   lengths = np.repeat(lengths, num_beams)
   assert cache.group == num_beams
@@ -80,6 +80,17 @@ def test_beam_reorders_within_groups_read_what_copied_rows_hold(num_beams):
     written = length + 4  # the slots each row may attend to
     np.testing.assert_array_equal(np.asarray(key)[r, :, :written], ref_key[r, :, :written])
     np.testing.assert_array_equal(np.asarray(value)[r, :, :written], ref_value[r, :, :written])
+
+
+def test_expansion_without_sharing_gives_each_copy_its_own_row():
+  """Sampled sequences (no reorders) expand into independent rows: group 1, copies of K/V."""
+  rng = np.random.default_rng(3)
+  key, value = (jnp.asarray(rng.normal(size=(2, HEADS, SLOTS, HEAD_DIM)), jnp.float32)
+                for _ in range(2))
+  expanded = expand_rows(SlotKVCache.from_rows(key, value, group=1), 3)
+  assert expanded.group == 1
+  np.testing.assert_array_equal(expanded.rows()[0], np.repeat(np.asarray(key), 3, axis=0))
+  np.testing.assert_array_equal(expanded.rows()[1], np.repeat(np.asarray(value), 3, axis=0))
 
 
 def test_gather_across_groups_copies_rows():
