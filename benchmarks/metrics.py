@@ -240,10 +240,15 @@ def main():
   ref = _run("retrieval", "reference", n_images, per_image, dim)
   got = _run("retrieval", "mmjax", n_images, per_image, dim)
   agree = all(abs(ref["value"][k] - got["value"][k]) < 1e-6 for k in ref["value"])
+  worst = max(ref["value"], key=lambda k: abs(ref["value"][k] - got["value"][k]))
+  worst_gap = abs(ref["value"][worst] - got["value"][worst])
   rows.append((f"R@1/5/10, {n_images:,} images x {n_images * per_image:,} captions, D={dim}",
                "torch, chunked top-k", ref, "mmjax from_embeddings", got,
                f"i2t R@1 {got['value']['i2t_r@1']:.4f}, t2i R@1 "
-               f"{got['value']['t2i_r@1']:.4f}; same recalls: {agree}"))
+               f"{got['value']['t2i_r@1']:.4f}; same recalls: {agree} (largest difference "
+               f"{worst_gap:.1e} at {worst}, i.e. {worst_gap * n_images * per_image:.1f} of "
+               f"{n_images * per_image:,} queries for t2i, {worst_gap * n_images:.2f} of "
+               f"{n_images:,} for i2t)"))
 
   lines = [f"Measured on {_report.machine_line()}, CPU only. Each cell runs in a fresh "
            "process; time = wall / CPU "
