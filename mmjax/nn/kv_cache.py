@@ -15,9 +15,10 @@ never overwritten.
 Storage is group-major then heads (B groups): keys `[B, H, Dh, G, S]`, values
 `[B, H, G, S, Dh]`, so one batched GEMM per group and head reads all G rows' keys without any
 transpose. Keys are (Dh, slots)-major because XLA:CPU's small batched GEMMs ran faster with
-that operand layout than with (slots, Dh) at the decoding benchmark's shapes. A query of row (b, g) scores all G rows' keys at every slot and keeps, per slot,
-the row `source` names (a mask over the G * S keys): G times the attention products, none of
-the copies. With G = 1 it is a plain heads-major cache.
+that operand layout than with (slots, Dh) at the decoding benchmark's shapes. A query of row
+(b, g) scores all G rows' keys at every slot and keeps, per slot, the row `source` names (a
+mask over the G * S keys): G times the attention products, none of the copies. With G = 1 it
+is a plain heads-major cache.
 """
 from __future__ import annotations
 
