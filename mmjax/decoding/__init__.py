@@ -30,8 +30,8 @@ The decoder interface
   with room for `P + max_new_tokens` positions. **Every leaf has the batch axis first**:
   beam search and `num_return_sequences` repeat each row k times once after prefill
   (`expand_rows`) and reorder beams by gathering rows (`gather_rows`); a cache node that is a
-  `RowsOwner` (the attention's `SlotKVCache`) does both itself, so a beam reorder moves its slot
-  table instead of its K/V. Per-example conditioning
+  `RowsOwner` (the attention's `SlotKVCache` and `ContextKVCache`) does both itself, so a beam
+  reorder moves a slot table instead of K/V. Per-example conditioning
   (image embeddings, cross-attention keys/values, encoder states) must therefore live in the
   cache, so it is expanded exactly once with it (the LAVIS #142 bug expanded it twice); the
   step function closes over weights only. 0-d leaves (e.g. a shared write index) are shared by

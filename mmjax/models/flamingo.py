@@ -71,7 +71,8 @@ class FlamingoCache(NamedTuple):
   Attributes:
     media_latents: `[B, M, R, Wv]`, the resampled images (encoded once, in `init_cache`).
     kv: the Flax "cache" collection: each LM block's self-attention `SlotKVCache`
-      (`max_length` slots per row) and each gated block's media K/V `[B, H, M R, Dh]`.
+      (`max_length` slots per row) and each gated block's media K/V, a `ContextKVCache` (M R
+      keys, one copy per group of rows reading the same images).
     media_seen: int32 `[B]`, `<image>` tokens already fed per row: the next text token's
       latest image is media_seen - 1 (or the next `<image>`).
   """

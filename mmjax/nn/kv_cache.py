@@ -92,31 +92,16 @@ class SlotKVCache:
       `[R, Tq, H, Dh]` in the query's dtype.
     """
     num_groups, heads, group, slots, head_dim = self.value.shape
-    tq = query.shape[1]
-    query = query * jnp.asarray(head_dim ** -0.5, query.dtype)
-    # [R, Tq, H, Dh] -> [B, H, G * Tq, Dh]: the query is small, so it moves, not the cache.
-    q = query.reshape(num_groups, group, tq, heads, head_dim).transpose(0, 3, 1, 2, 4)
-    q = q.reshape(num_groups, heads, group * tq, head_dim)
-    keys = self.key.reshape(num_groups, heads, head_dim, group * slots)
-    values = self.value.reshape(num_groups, heads, group * slots, head_dim)
-    mask = jnp.asarray(mask)
-    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    mask_heads = mask.shape[1]
-    mask = jnp.broadcast_to(mask, (self.num_rows, mask_heads, tq, slots))
-    mask = mask.reshape(num_groups, group, mask_heads, tq, 1, slots).transpose(0, 2, 1, 3, 4, 5)
+    mask = _group_mask(mask, num_groups, group, query.shape[1], slots)[:, :, :, :, None]
     if group > 1:
       # Row g reads slot s from the one row j = source[g, s] of its group: a mask over the
       # G * S keys, so a plain softmax over them is the softmax over the row's own slots.
       chosen = (self.source.reshape(num_groups, group, 1, slots)
                 == jnp.arange(group)[:, None])  # [B, G, G, S]: row j holds slot s of row g
       mask = mask & chosen[:, None, :, None]  # [B, Hm, G, Tq, G, S]
-    mask = mask.reshape(num_groups, mask_heads, group * tq, group * slots)
-    logits = jnp.einsum("bhqd,bhdk->bhqk", q, keys, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, values)
-    out = out.reshape(num_groups, heads, group, tq, head_dim).transpose(0, 2, 3, 1, 4)
-    return out.reshape(self.num_rows, tq, heads, head_dim)
+    mask = mask.reshape(mask.shape[:2] + (-1, group * slots))
+    return _grouped_attention(query, self.key.reshape(num_groups, heads, head_dim, -1),
+                              self.value.reshape(num_groups, heads, -1, head_dim), mask, group)
 
   def rows(self) -> tuple[jax.Array, jax.Array]:
     """Every row's own keys and values `[R, H, S, Dh]`, read through `source` (one copy)."""
@@ -197,24 +182,11 @@ class ContextKVCache:
     Returns:
       `[R, Tq, H, Dh]` in the query's dtype.
     """
-    num_groups, heads, head_dim, context = self.key.shape
-    group, tq = self.group, query.shape[1]
-    query = query * jnp.asarray(head_dim ** -0.5, query.dtype)
-    q = query.reshape(num_groups, group, tq, heads, head_dim).transpose(0, 3, 1, 2, 4)
-    q = q.reshape(num_groups, heads, group * tq, head_dim)
-    logits = jnp.einsum("bhqd,bhdk->bhqk", q, self.key, preferred_element_type=jnp.float32)
+    num_groups, _, _, context = self.key.shape
     if mask is not None:
-      mask = jnp.asarray(mask)
-      mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-      mask_heads = mask.shape[1]
-      mask = jnp.broadcast_to(mask, (self.num_rows, mask_heads, tq, context))
-      mask = mask.reshape(num_groups, group, mask_heads, tq, context).transpose(0, 2, 1, 3, 4)
-      mask = mask.reshape(num_groups, mask_heads, group * tq, context)
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, self.value)
-    out = out.reshape(num_groups, heads, group, tq, head_dim).transpose(0, 2, 3, 1, 4)
-    return out.reshape(self.num_rows, tq, heads, head_dim)
+      mask = _group_mask(mask, num_groups, self.group, query.shape[1], context)
+      mask = mask.reshape(mask.shape[:2] + (-1, context))
+    return _grouped_attention(query, self.key, self.value, mask, self.group)
 
   def expand_rows(self, times: int, share: bool = False) -> "ContextKVCache":
     """Each row repeated `times` times: the group widens, nothing is copied (whether or not
@@ -229,3 +201,39 @@ class ContextKVCache:
       return self
     key, value = self.rows()
     return ContextKVCache.from_rows(jnp.take(key, rows, axis=0), jnp.take(value, rows, axis=0))
+
+
+def _group_mask(mask: jax.Array, num_groups: int, group: int, tq: int,
+                keys: int) -> jax.Array:
+  """A per-row mask broadcastable to `[R, Hm, Tq, K]` as `[B, Hm, G, Tq, K]` (R = B * G)."""
+  mask = jnp.asarray(mask)
+  mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  mask_heads = mask.shape[1]
+  mask = jnp.broadcast_to(mask, (num_groups * group, mask_heads, tq, keys))
+  return mask.reshape(num_groups, group, mask_heads, tq, keys).transpose(0, 2, 1, 3, 4)
+
+
+def _grouped_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
+                       mask: jax.Array | None, group: int) -> jax.Array:
+  """Softmax attention of the G rows of each group as one query block.
+
+  Args:
+    query: `[R, Tq, H, Dh]` unscaled, R = B * G rows, each group's rows adjacent.
+    keys: `[B, H, Dh, K]`; values: `[B, H, K, Dh]`, the keys every row of a group may read.
+    mask: bool `[B, Hm, G * Tq, K]` (Hm = 1 or H), True = may attend, or None.
+  Returns:
+    `[R, Tq, H, Dh]` in the query's dtype.
+  """
+  rows, tq, heads, head_dim = query.shape
+  num_groups = rows // group
+  query = query * jnp.asarray(head_dim ** -0.5, query.dtype)
+  # [R, Tq, H, Dh] -> [B, H, G * Tq, Dh]: the query is small, so it moves, not the cache.
+  q = query.reshape(num_groups, group, tq, heads, head_dim).transpose(0, 3, 1, 2, 4)
+  q = q.reshape(num_groups, heads, group * tq, head_dim)
+  logits = jnp.einsum("bhqd,bhdk->bhqk", q, keys, preferred_element_type=jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights, values)
+  out = out.reshape(num_groups, heads, group, tq, head_dim).transpose(0, 2, 3, 1, 4)
+  return out.reshape(rows, tq, heads, head_dim)
