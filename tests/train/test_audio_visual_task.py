@@ -10,8 +10,9 @@ from conftest import ROOT
 from mmjax import losses
 from mmjax.train.config import apply_overrides, load_config
 from mmjax.train.tasks.audio_visual import (alignment_loss, localization_scores,
-                                            lvs_localization_loss, symmetric_infonce,
-                                            time_contrastive_loss, upsample_heatmaps)
+                                            lvs_localization_loss, offset_classification_loss,
+                                            symmetric_infonce, time_contrastive_loss,
+                                            upsample_heatmaps)
 from mmjax.train.trainer import train
 
 
@@ -44,6 +45,26 @@ def test_time_contrastive_and_alignment_losses_against_loops():
                              np.sum(terms) / (len(terms) / 2) / 2, rtol=1e-5)
   np.testing.assert_allclose(alignment_loss(f32(a), f32(v), offsets), np.mean(distances),
                              rtol=1e-5)
+
+
+def test_offset_classification_loss_against_a_loop():
+  """Per clip: for each candidate offset o in [-K, K], the mean cosine of the pairs (audio frame
+  t + o, video frame t) it aligns over the temperature, and the cross-entropy of the true o."""
+  rng = np.random.default_rng(7)
+  frames, k, temperature = 6, 2, 0.25
+  a, v = _unit(rng.normal(size=(4, frames, 3))), _unit(rng.normal(size=(4, frames, 3)))
+  offsets = np.array([0, 2, -1, -2])
+  expected = []
+  for b in range(4):
+    logits = []
+    for o in range(-k, k + 1):
+      pairs = [(t + o, t) for t in range(frames) if 0 <= t + o < frames]
+      logits.append(np.mean([a[b, i] @ v[b, j] for i, j in pairs]) / temperature)
+    expected.append(-_log_softmax(np.array(logits))[offsets[b] + k])
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(
+      offset_classification_loss(f32(a), f32(v), temperature, offsets, max_offset=k),
+      np.mean(expected), rtol=1e-5)
 
 
 def test_symmetric_infonce_is_clip_loss_from_logits():
@@ -131,9 +152,13 @@ def test_the_per_time_terms_use_the_sync_head_and_its_temperature():
   expected = time_contrastive_loss(out["audio_time"], out["video_time"], 0.3, batch["offset"])
   np.testing.assert_allclose(logged["loss_time_contrastive"], expected, rtol=1e-5)
   np.testing.assert_allclose(logged["sync_temperature"], 0.3, rtol=1e-5)
+  offset_term = offset_classification_loss(out["audio_time"], out["video_time"], 0.3,
+                                           batch["offset"], max_offset=3)
+  np.testing.assert_allclose(logged["loss_offset_classification"], offset_term, rtol=1e-5)
   total = (config.loss.correspondence * logged["loss_correspondence"]
            + config.loss.time_contrastive * expected
-           + config.loss.alignment * logged["loss_alignment"])
+           + config.loss.alignment * logged["loss_alignment"]
+           + config.loss.offset_classification * offset_term)
   np.testing.assert_allclose(loss, total, rtol=1e-5)
 
 
@@ -147,6 +172,10 @@ def test_bad_settings_are_named():
   config.loss.lipreading = 1.0
   with pytest.raises(ValueError, match=r"loss has unknown terms \['lipreading'\]"):
     get_task_class(config.task)(config)
+  config = apply_overrides(load_config(ROOT / "configs" / "av_sync_shapeworld.py"),
+                           TINY + ["data.offset_frames=(-5, 5)"])
+  with pytest.raises(ValueError, match=r"offset_classification classifies offsets in \[-3, 3\]"):
+    get_task_class(config.task)(config)
 
 
 def test_every_loss_term_on_a_2x2x2_mesh_equals_one_device():
@@ -158,7 +187,7 @@ def test_every_loss_term_on_a_2x2x2_mesh_equals_one_device():
   assert len(jax.devices()) == 8, "tests/conftest.py should give 8 CPU devices"
   config = apply_overrides(load_config(ROOT / "configs" / "av_sync_shapeworld.py"), TINY)
   config.loss = dict(correspondence=1.0, time_contrastive=1.0, alignment=0.1,
-                     localization=0.5, lvs_localization=0.5)
+                     offset_classification=1.0, localization=0.5, lvs_localization=0.5)
   task = get_task_class(config.task)(config)
   boxed = task.init_params(jax.random.key(0))
   params = jax.tree.map(np.asarray, nn.meta.unbox(boxed))

@@ -10,6 +10,12 @@ weighted terms (`config.loss`), each the seed's formula:
                    `data.offset_frames`, so position alone cannot solve it and the features
                    must carry the events that make an offset detectable).
   alignment        mean_t ||a_t - v_{t - offset}||^2 of the normalised per-time features.
+  offset_classification  SyncNet's multi-way matching (Chung et al. 2019, "Perfect match"):
+                   per clip, a softmax over the candidate offsets [-K, K] (K =
+                   `eval.sync_max_offset`) of minus the evaluation's own score, the mean
+                   squared distance of the frame pairs each offset aligns
+                   (`metrics.sync_distances`), with the true offset as the target, so training
+                   optimises the decision the sync evaluation makes.
   localization     LVS-style multiple-instance contrastive: S_loc(a_i, v_j) = mean_t max_n
                    cos(a_i, patch_{j,t,n}), InfoNCE over the batch, so the patches of the
                    sounding object are the ones that answer the sound.
@@ -56,8 +62,8 @@ from mmjax.models.audio_visual import AudioVisual
 from mmjax.train.evaluators.chunked import predict_in_chunks
 from mmjax.train.tasks.base import Task
 
-LOSS_TERMS = ("correspondence", "time_contrastive", "alignment", "localization",
-              "lvs_localization")
+LOSS_TERMS = ("correspondence", "time_contrastive", "alignment", "offset_classification",
+              "localization", "lvs_localization")
 # LVS's settings for cosine maps: region thresholds and the sigmoid's temperature.
 LVS_DEFAULTS = dict(epsilon=0.65, epsilon_negative=0.4, mask_temperature=0.03)
 
@@ -74,6 +80,13 @@ def av_source(data: Any, split: str, length: int, **overrides) -> ShapeWorldAV:
                  size_ranges=tuple(map(tuple, data.size_ranges)))
   options.update(overrides)
   return ShapeWorldAV(split, length, **options)
+
+
+def _offset_range(offset_frames) -> tuple[int, int]:
+  """`data.offset_frames` (an int or a (lo, hi) pair) as (lo, hi)."""
+  if isinstance(offset_frames, (tuple, list)):
+    return int(offset_frames[0]), int(offset_frames[1])
+  return int(offset_frames), int(offset_frames)
 
 
 class _LoadClip:
@@ -127,6 +140,25 @@ def alignment_loss(audio_time: jax.Array, video_time: jax.Array, offsets: jax.Ar
   weights = valid.astype(audio_time.dtype)
   distances = jnp.sum(jnp.square(audio_time - matched), -1)
   return jnp.sum(distances * weights) / jnp.maximum(weights.sum(), 1.0)
+
+
+def offset_classification_loss(audio_time: jax.Array, video_time: jax.Array,
+                               temperature: jax.Array, offsets: jax.Array,
+                               max_offset: int) -> jax.Array:
+  """Mean over clips of the cross-entropy of the clip's true offset among the 2K + 1 candidates
+  in [-K, K], with logits -distances / (2 temperature): `metrics.sync_distances`' mean squared
+  distance of the aligned frame pairs, i.e. (mean aligned cosine - 1) / temperature for unit
+  features. The evaluation predicts the offset of the smallest distance, so this trains that
+  rule directly; the per-time InfoNCE only ranks frames against frames.
+
+  Args:
+    audio_time, video_time: normalised `[B, T, E]`; temperature: `[]`; offsets: int `[B]` in
+      [-K, K] (audio lag, frames); max_offset: K (static, < T).
+  """
+  distances = metrics.sync_distances(audio_time, video_time, max_offset=max_offset)
+  log_probs = jax.nn.log_softmax(-distances / (2.0 * temperature), axis=-1)
+  target = (offsets + max_offset)[:, None]
+  return -jnp.mean(jnp.take_along_axis(log_probs, target, axis=-1))
 
 
 def symmetric_infonce(logits: jax.Array) -> jax.Array:
@@ -210,6 +242,14 @@ class AudioVisualTask(Task):
     if unknown:
       raise ValueError(f"lvs has unknown settings {unknown}; settings are {sorted(LVS_DEFAULTS)}")
     self.lvs_settings = {**LVS_DEFAULTS, **config.get("lvs", {})}
+    if config.loss.get("offset_classification", 0.0):
+      lo, hi = _offset_range(data.offset_frames)
+      k = config.eval.sync_max_offset
+      if not (-k <= lo and hi <= k):
+        raise ValueError(f"loss.offset_classification classifies offsets in [-{k}, {k}] "
+                         f"(eval.sync_max_offset={k}), but data.offset_frames={data.offset_frames}"
+                         f" draws training offsets outside it; narrow the offsets or widen the "
+                         f"window")
     self._eval_cache = None
 
   @property
@@ -266,6 +306,11 @@ class AudioVisualTask(Task):
                                                         sync_temperature, batch["offset"])
     if weights.get("alignment", 0.0):
       terms["alignment"] = alignment_loss(out["audio_time"], out["video_time"], batch["offset"])
+    if weights.get("offset_classification", 0.0):
+      sync_temperature = jnp.exp(-out.get("sync_logit_scale", out["logit_scale"]))
+      terms["offset_classification"] = offset_classification_loss(
+          out["audio_time"], out["video_time"], sync_temperature, batch["offset"],
+          self.config.eval.sync_max_offset)
     if weights.get("localization", 0.0):
       scores = localization_scores(out["audio_emb"], out["patch_emb"])
       terms["localization"] = symmetric_infonce(scores / temperature)
