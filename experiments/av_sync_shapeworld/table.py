@@ -1,11 +1,18 @@
-"""The README's tables: the training run's evaluations (this folder's metrics.jsonl) and
+"""The README's tables: the training runs' evaluations (this folder's metrics*.jsonl) and
 synchronisation against the SNR of background noise (`eval_snr*.json`, `mmjax eval` records
-copied from the run's eval/ folder), plotted to `snr_curve.png`.
+copied from the default run's eval/ folder), plotted to `snr_curve.png`.
 
   mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync
-  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_deeper_video \
+  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_2400_steps \
+      --config.total_steps=2400 --config.eval_every=600 --config.checkpoint_every=600 \
+      --config.eval.num_sync_clips=300
+  # The earlier default, without the offset classification, and its two ablations:
+  OLD="--config.loss.offset_classification=0 --config.total_steps=2400 --config.eval_every=600
+       --config.checkpoint_every=600 --config.eval.num_sync_clips=300"
+  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_without_matching $OLD
+  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_deeper_video $OLD \
       --config.model.video_encoder.num_layers=3 --config.model.video_encoder.temporal_layers=2
-  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_wide_offsets \
+  mmjax train --config configs/av_sync_shapeworld.py --workdir runs/av_sync_wide_offsets $OLD \
       --config.data.offset_frames='(-5, 5)'
   for snr in 20 10 5 0 -5 -10; do
     mmjax eval --config configs/av_sync_shapeworld.py --workdir runs/av_sync \
@@ -33,9 +40,12 @@ def snr_of(record: dict) -> float:
   return math.inf
 
 
-def training_table(name: str):
-  rows = [json.loads(line) for line in open(HERE / name)]
-  print(f"{name}:\n")
+def training_table(suffix: str):
+  """The evaluations of the run whose files end in `suffix` (metrics{suffix}.jsonl, with the
+  clip counts of its config{suffix}.json)."""
+  rows = [json.loads(line) for line in open(HERE / f"metrics{suffix}.jsonl")]
+  n = json.loads((HERE / f"config{suffix}.json").read_text())["eval"]["num_sync_clips"]
+  print(f"metrics{suffix}.jsonl ({n} sync clips):\n")
   offsets = sorted((k for k in rows[-1] if k.startswith("sync_acc_1_offset")),
                    key=lambda k: int(k[len("sync_acc_1_offset"):]))
   columns = ["correspondence_accuracy", "a2v_r@1", "sync_acc", "sync_acc_1"]
@@ -43,15 +53,16 @@ def training_table(name: str):
                                           for k in offsets]) + " |")
   print("|---" * (len(columns) + len(offsets) + 1) + "|")
   for row in rows:
-    cells = [f"{row[c]:.3f}" for c in columns] + [f"{row[k]:.2f}" for k in offsets if k in row]
+    cells = [f"{row[c]:.3f}" for c in columns[:2]]
+    cells += [f"{row[c]:.3f} ± {math.sqrt(row[c] * (1 - row[c]) / n):.3f}" for c in columns[2:]]
+    cells += [f"{row[k]:.2f}" for k in offsets if k in row]
     print(f"| {row['step']} | " + " | ".join(cells) + " |")
   print()
 
 
 def main():
-  training_table("metrics.jsonl")
-  training_table("metrics_deeper_video.jsonl")
-  training_table("metrics_wide_offsets.jsonl")
+  for suffix in ("", "_2400_steps", "_without_matching", "_deeper_video", "_wide_offsets"):
+    training_table(suffix)
   records = [json.loads(p.read_text()) for p in sorted(HERE.glob("eval_snr*.json"))]
   if not records:
     raise SystemExit(f"no eval_snr*.json in {HERE}: run the mmjax eval commands above first")
